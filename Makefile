@@ -1,0 +1,33 @@
+# Two commands: `make demo` and `make test`. Both create .venv/ on first use.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export RAY_AUTH_MODE := disabled
+export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: demo test test-all venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "s3fs" "boto3" "moto[server]" -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m unet_dist demo $(if $(DATA),--data $(DATA),)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/pipeline.py
+	$(PY) bench/train_overhead.py
+
+clean:
+	rm -rf runs demo-runs .pytest_cache

@@ -1,0 +1,80 @@
+"""storage.resolve on local paths and the real S3 test server, and its errors."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from unet_dist import storage
+from unet_dist.config import StorageConfig
+from unet_dist.errors import StorageError
+
+
+def _roundtrip(loc: storage.Location) -> None:
+    f = loc.join("a", "b.bin")
+    f.write_bytes(b"\x00payload")
+    assert f.exists() and f.read_bytes() == b"\x00payload"
+    assert [c.name for c in loc.join("a").ls()] == ["b.bin"]
+    table = pa.table({"x": [1, 2, 3]})
+    pq.write_table(table, loc.join("t.parquet").path, filesystem=loc.arrow)
+    assert pq.read_table(loc.join("t.parquet").path, filesystem=loc.arrow).equals(table)
+    loc.join("a").rm()
+    assert not f.exists()
+
+
+def test_local_path_and_file_uri(tmp_path):
+    loc = storage.resolve(tmp_path / "store")
+    assert not loc.is_s3 and loc.uri == str(tmp_path / "store")
+    assert storage.resolve(f"file://{tmp_path}/store").path == loc.path
+    _roundtrip(loc)
+
+
+@pytest.mark.s3
+def test_s3_roundtrip(s3_uri):
+    loc = storage.resolve(s3_uri)
+    assert loc.is_s3 and loc.uri == s3_uri
+    _roundtrip(loc)
+
+
+@pytest.mark.s3
+def test_s3_config_endpoint_overrides_env(s3_server, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    cfg = StorageConfig(endpoint_url=s3_server["endpoint_url"])
+    loc = storage.resolve(f"s3://{s3_server['bucket']}/cfg", cfg)
+    loc.join("x").write_bytes(b"1")
+    assert loc.join("x").read_bytes() == b"1"
+
+
+@pytest.mark.s3
+def test_s3_missing_bucket_is_clear(s3_server):
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-x' does not exist"):
+        storage.check_writable(storage.resolve("s3://no-such-bucket-x/p"))
+
+
+@pytest.mark.s3
+def test_s3_wrong_credentials_are_clear(s3_server, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    with pytest.raises(StorageError) as err:
+        storage.check_writable(storage.resolve(f"s3://{s3_server['bucket']}/p"))
+    assert "wrong-secret" not in str(err.value)
+    assert "AWS_" in str(err.value)
+
+
+def test_credentials_in_uri_rejected():
+    with pytest.raises(StorageError, match="credentials are not accepted"):
+        storage.resolve("s3://key:secret@bucket/prefix")
+
+
+def test_unsupported_scheme():
+    with pytest.raises(StorageError, match="unsupported storage URI"):
+        storage.resolve("ftp://host/x")
+
+
+def test_secrets_never_dumped():
+    from unet_dist.config import load_config
+
+    cfg = load_config(overrides=["storage.access_key_id=AKIA_SHOULD_NOT_LEAK", "storage.secret_access_key=s3cr3t"])
+    assert cfg.storage.access_key_id.get_secret_value() == "AKIA_SHOULD_NOT_LEAK"
+    dumped = str(cfg.to_dict()) + repr(cfg)
+    assert "AKIA_SHOULD_NOT_LEAK" not in dumped and "s3cr3t" not in dumped

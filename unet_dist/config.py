@@ -1,0 +1,283 @@
+"""One typed schema for every run: model, data, ingest, train, tune, storage, resources.
+
+The CLI, YAML files and ``jobs/`` all build a :class:`Config` through :func:`load_config`,
+so defaults live here and nowhere else. Plain data with validation: imports no behaviour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from unet_dist.errors import ConfigError
+
+Pooling = Literal["max", "avg", "conv"]
+Unpooling = Literal["transpose", "bilinear", "nearest", "pixelshuffle", "maxunpool"]
+Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "mish"]
+OutputActivation = Literal["none", "sigmoid", "softmax"]
+Norm = Literal["batch", "group", "instance", "none"]
+MaskMode = Literal["binary", "multiclass", "instance"]
+Loss = Literal["ce", "bce", "dice", "dice_ce", "focal", "jaccard"]
+Optimizer = Literal["adam", "adamw", "sgd"]
+Scheduler = Literal["none", "cosine", "poly", "step"]
+
+
+class _Section(BaseModel):
+    """Strict base: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The U-Net: encoder backbone, decoder and heads."""
+
+    backbone: str = Field("scratch", description="Encoder: scratch, vgg11..vgg19(_bn), resnet18..resnet152 (see `unet-dist models`).")
+    in_channels: int = Field(1, ge=1, le=4, description="Input channels (1 grayscale, 3 RGB).")
+    num_classes: int = Field(2, ge=1, le=1024, description="Output channels; 1 means a single-logit binary head.")
+    depth: int = Field(4, ge=1, le=6, description="Number of down-sampling levels (scratch 3-6, vgg <=5, resnet <=5).")
+    base_filters: int = Field(32, ge=4, le=512, description="Filters at the first scratch level; doubles per level.")
+    convs_per_level: int = Field(2, ge=1, le=4, description="Convolutions per scratch encoder and decoder level.")
+    pooling: Pooling = Field("max", description="Scratch down-sampling: max, avg or conv (strided).")
+    unpooling: Unpooling = Field("transpose", description="Decoder up-sampling method.")
+    activation: Activation = "relu"
+    output_activation: OutputActivation = Field("none", description="none returns logits (what losses expect).")
+    norm: Norm = "batch"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attention: bool = Field(False, description="Attention gates on the skip connections.")
+    weights: str | None = Field(None, description="Pretrained encoder: torchvision weights name (e.g. IMAGENET1K_V1) or a local/S3 state-dict file.")
+    freeze_backbone: bool = False
+    freeze_bn: bool = False
+
+    @model_validator(mode="after")
+    def _maxunpool_needs_max(self) -> "ModelConfig":
+        if self.unpooling == "maxunpool" and self.backbone == "scratch" and self.pooling != "max":
+            raise ValueError(
+                f"model.unpooling: 'maxunpool' needs the pooling indices of max pooling, but model.pooling is "
+                f"'{self.pooling}'; set model.pooling=max or choose another unpooling (transpose, bilinear, nearest, pixelshuffle)"
+            )
+        return self
+
+
+class IngestConfig(_Section):
+    """Turning a folder/bucket of images and masks into a sharded Parquet dataset."""
+
+    mask_mode: MaskMode = Field("binary", description="binary: >0 is foreground; multiclass: ids 0..C-1 (palette ok); instance: id>0 is foreground.")
+    class_names: list[str] = Field(default_factory=lambda: ["background", "foreground"])
+    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test ratios.")
+    split_column: str | None = Field(None, description="Take the split from this manifest (CSV) column instead of ratios.")
+    seed: int = 0
+    skip_invalid: bool = False
+    rows_per_shard: int = Field(64, ge=1)
+
+    @field_validator("split")
+    @classmethod
+    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r < 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"ingest.split must be three non-negative ratios summing to 1, got {list(v)}")
+        return v
+
+
+class DataConfig(_Section):
+    """Streaming an ingested dataset into training workers."""
+
+    dataset: str = Field("", description="URI of an ingested dataset (dir with dataset.json); empty = synthetic demo data.")
+    crop_size: int = Field(256, ge=16, description="Training crop (pads smaller images).")
+    batch_size: int = Field(4, ge=1, description="Per-worker batch size.")
+    val_batch_size: int = Field(2, ge=1)
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    intensity_jitter: float = Field(0.1, ge=0.0, le=1.0, description="Max brightness/contrast change.")
+    num_crops_per_image: int = Field(1, ge=1, description="Random crops drawn per image per epoch.")
+
+
+class TrainConfig(_Section):
+    """Optimisation, checkpoints and fault tolerance."""
+
+    name: str | None = Field(None, description="Run name (a new timestamped one by default; reusing a name resumes it).")
+    epochs: int = Field(20, ge=1)
+    loss: Loss = "dice_ce"
+    class_weights: list[float] | None = None
+    ignore_index: int | None = None
+    optimizer: Optimizer = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Scheduler = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    step_size: int = Field(10, ge=1, description="Epochs between decays for scheduler=step.")
+    gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)
+    accumulate: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    seed: int = 0
+    amp: bool = Field(True, description="Mixed precision on GPU (bf16 where supported, else fp16 + scaler).")
+    channels_last: bool = Field(True, description="channels_last memory format on GPU.")
+    num_to_keep: int = Field(2, ge=1, description="Checkpoints kept (best by val_iou).")
+    max_failures: int = Field(3, ge=0, description="Worker-group failures tolerated before the run fails.")
+    controller_failure_limit: int = Field(3, ge=0, description="Controller retries (e.g. a lost node) before a clear error.")
+    resume_from: str | None = Field(None, description="Checkpoint URI to start from.")
+    log_images: int = Field(4, ge=0, description="Validation overlays written to TensorBoard per epoch.")
+
+
+class TuneConfig(_Section):
+    """A Ray Tune campaign over the schema above."""
+
+    name: str = "tune"
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)
+    metric: str = "val_iou"
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped.")
+    reduction_factor: int = Field(3, ge=2)
+    search_space: dict[str, Any] = Field(default_factory=dict, description="Dotted keys -> {choice: [...]} / {uniform|loguniform: [lo, hi]}.")
+
+
+class StorageConfig(_Section):
+    """Where runs live. Credentials come from the environment or here, never from a URI, and are never written out."""
+
+    uri: str = Field("./runs", description="Local path, file:// or s3://bucket/prefix.")
+    endpoint_url: str | None = Field(None, description="S3 endpoint (else AWS_ENDPOINT_URL).")
+    region: str | None = Field(None, description="S3 region (else AWS_DEFAULT_REGION).")
+    access_key_id: SecretStr | None = Field(None, exclude=True, description="Else AWS_ACCESS_KEY_ID.")
+    secret_access_key: SecretStr | None = Field(None, exclude=True, description="Else AWS_SECRET_ACCESS_KEY.")
+
+
+class ResourcesConfig(_Section):
+    """The Ray cluster and the shape of the worker group."""
+
+    address: str | None = Field(None, description="Ray address; default: RAY_ADDRESS or a local cluster.")
+    num_workers: int | tuple[int, int] = Field(2, description="Workers, or [min, max] for elastic training.")
+    use_gpu: bool | Literal["auto"] = Field("auto", description="auto: use GPUs when the cluster has them.")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads per worker (default: cpus_per_worker).")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _range(cls, v: Any) -> Any:
+        if isinstance(v, str) and "-" in v:
+            lo, _, hi = v.partition("-")
+            v = (lo.strip(), hi.strip())
+        if isinstance(v, (list, tuple)):
+            lo, hi = (int(x) for x in v)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"resources.num_workers range must be 1 <= min <= max, got {lo}-{hi}")
+            return (lo, hi)
+        return v
+
+    @field_validator("num_workers")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"resources.num_workers must be >= 1, got {v}")
+        return v
+
+
+class Config(_Section):
+    """Everything a run needs."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict without credentials, for checkpoints, metrics and reports."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parent = _section_at(prefix, e["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else ""
+            lines.append(f"{key}: unknown key" + (f"; allowed keys: {allowed}" if allowed else ""))
+        elif msg.startswith(key.split(".")[0] + "."):
+            lines.append(msg)
+        else:
+            lines.append(f"{key}: invalid value {e.get('input')!r}: {msg}")
+    return "; ".join(lines)
+
+
+def _section_at(prefix: str, loc: Sequence[Any]) -> type[BaseModel] | None:
+    cls: type[BaseModel] = Config
+    for part in [p for p in prefix.split(".") if p] + list(loc):
+        field = cls.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+def validate_section(cls: type[BaseModel], data: Mapping[str, Any], prefix: str) -> Any:
+    """Build one section (e.g. ModelConfig) from a dict, turning pydantic errors into a one-line ConfigError."""
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, prefix)) from None
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["model.depth=5", "train.lr=1e-3"]`` -> nested dict; values parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.backbone=resnet34")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, Mapping) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict with a clear error for missing files and syntax errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML file (examples in jobs/configs/)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections (model, data, train, ...)")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults <- ``base`` <- YAML file <- ``--set`` overrides, validated as one :class:`Config`."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        data = _merge(data, read_yaml(path))
+    data = _merge(data, parse_overrides(overrides))
+    return validate_section(Config, data, "")

@@ -1,0 +1,230 @@
+"""URI -> filesystem: the one door to local and S3 storage.
+
+``resolve("s3://bucket/prefix")`` or ``resolve("/data/x")`` returns a :class:`Location` holding a
+pyarrow filesystem (for Parquet and Ray) and an fsspec filesystem (for everything else) on the same
+path. Endpoint, region and credentials come from :class:`~unet_dist.config.StorageConfig` or the
+standard ``AWS_*`` environment variables, never from the URI, and are never part of a ``Location``'s
+string form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import fsspec
+import pyarrow.fs as pafs
+
+from unet_dist.config import StorageConfig
+from unet_dist.errors import StorageError
+
+_S3_ERRORS = {
+    "NoSuchBucket": "bucket {bucket!r} does not exist: create it (e.g. `aws s3 mb s3://{bucket}`) or fix the URI",
+    "InvalidAccessKeyId": "S3 rejected the access key for {uri}: check AWS_ACCESS_KEY_ID / storage.access_key_id",
+    "SignatureDoesNotMatch": "S3 rejected the secret key for {uri}: check AWS_SECRET_ACCESS_KEY / storage.secret_access_key",
+    "AccessDenied": "S3 denied access to {uri}: check the credentials and the bucket policy",
+    "403": "S3 denied access to {uri}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy",
+    "404": "bucket {bucket!r} does not exist: create it or fix the URI",
+}
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved storage location: ``uri`` is safe to print and store; ``path`` is what the filesystems take."""
+
+    uri: str
+    path: str
+    fs: Any = field(repr=False, compare=False)
+    storage: StorageConfig | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    @property
+    def arrow(self) -> pafs.FileSystem:
+        """A pyarrow view of the same filesystem (Parquet datasets, Ray storage_filesystem)."""
+        if self.is_s3:
+            return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+        return pafs.LocalFileSystem()
+
+    def join(self, *parts: str) -> "Location":
+        rel = posixpath.join(*parts) if parts else ""
+        return Location(_join_uri(self.uri, rel), posixpath.join(self.path, rel) if rel else self.path, self.fs, self.storage)
+
+    def __truediv__(self, part: str) -> "Location":
+        return self.join(part)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    def exists(self) -> bool:
+        return _call(self, self.fs.exists, self.path)
+
+    def isdir(self) -> bool:
+        return _call(self, self.fs.isdir, self.path)
+
+    def read_bytes(self) -> bytes:
+        if not self.exists():
+            raise StorageError(f"{self.uri} does not exist")
+        return _call(self, self.fs.cat_file, self.path)
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write a whole object; local files are replaced atomically so readers never see half a file."""
+        if self.is_s3:
+            _call(self, self.fs.pipe_file, self.path, data)
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.path)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def mkdir(self) -> None:
+        if not self.is_s3:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+
+    def ls(self) -> list["Location"]:
+        """Direct children, sorted by name; empty if the location does not exist."""
+        if not self.exists():
+            return []
+        entries = _call(self, self.fs.ls, self.path, detail=False)
+        names = sorted({posixpath.basename(str(e).rstrip("/")) for e in entries})
+        return [self.join(n) for n in names if n]
+
+    def rm(self, recursive: bool = True) -> None:
+        if self.exists():
+            _call(self, self.fs.rm, self.path, recursive=recursive)
+
+    def move(self, dest: "Location") -> None:
+        _call(self, self.fs.mv, self.path, dest.path, recursive=True)
+
+    @contextlib.contextmanager
+    def open(self, mode: str = "rb") -> Iterator[Any]:
+        if "w" in mode and not self.is_s3:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with _call(self, self.fs.open, self.path, mode) as f:
+            yield f
+
+
+def _join_uri(uri: str, rel: str) -> str:
+    if not rel:
+        return uri
+    return uri.rstrip("/") + "/" + rel.lstrip("/")
+
+
+def _env(name: str, value: Any) -> str | None:
+    if value is not None:
+        return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    return os.environ.get(name) or None
+
+
+def s3_options(storage: StorageConfig | None = None) -> dict[str, Any]:
+    """s3fs keyword arguments from the config, falling back to the standard AWS environment."""
+    storage = storage or StorageConfig()
+    opts: dict[str, Any] = {}
+    key = _env("AWS_ACCESS_KEY_ID", storage.access_key_id)
+    secret = _env("AWS_SECRET_ACCESS_KEY", storage.secret_access_key)
+    if key and secret:
+        opts.update(key=key, secret=secret)
+    endpoint = _env("AWS_ENDPOINT_URL_S3", storage.endpoint_url) or _env("AWS_ENDPOINT_URL", None)
+    if endpoint:
+        opts["endpoint_url"] = endpoint
+    region = _env("AWS_DEFAULT_REGION", storage.region) or _env("AWS_REGION", None)
+    if region:
+        opts.setdefault("config_kwargs", {})["region_name"] = region
+    opts["skip_instance_cache"] = True
+    return opts
+
+
+def resolve(uri: str | os.PathLike[str] | Location, storage: StorageConfig | None = None) -> Location:
+    """Turn ``/path``, ``file://...`` or ``s3://bucket/prefix`` into a :class:`Location`."""
+    if isinstance(uri, Location):
+        return uri
+    text = os.fspath(uri)
+    parsed = urlparse(text)
+    if parsed.scheme in ("s3", "s3a"):
+        if parsed.username or parsed.password or "@" in parsed.netloc:
+            raise StorageError("credentials are not accepted inside an S3 URI; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY instead")
+        if not parsed.netloc:
+            raise StorageError(f"{text!r} has no bucket; use s3://BUCKET/PREFIX")
+        path = (parsed.netloc + "/" + parsed.path.strip("/")).rstrip("/")
+        fs = fsspec.filesystem("s3", **s3_options(storage))
+        return Location(f"s3://{path}", path, fs, storage)
+    if parsed.scheme in ("", "file") or (len(parsed.scheme) == 1 and os.name == "nt"):
+        local = parsed.path if parsed.scheme == "file" else text
+        path = str(Path(local).expanduser().resolve())
+        return Location(path, path, fsspec.filesystem("file"), storage)
+    raise StorageError(f"unsupported storage URI {text!r}: use a local path, file://PATH or s3://BUCKET/PREFIX")
+
+
+def _call(loc: Location, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a filesystem call, turning S3 permission/bucket/connection failures into a clear StorageError."""
+    try:
+        return fn(*args, **kwargs)
+    except StorageError:
+        raise
+    except FileNotFoundError as err:
+        if loc.is_s3 and _bucket_missing(loc):
+            raise StorageError(_S3_ERRORS["NoSuchBucket"].format(bucket=loc.path.split("/")[0], uri=loc.uri)) from None
+        raise StorageError(f"{loc.uri}: not found ({err.args[0] if err.args else err})") from None
+    except Exception as err:  # botocore / aiohttp errors carry no common base worth importing
+        raise _translate(loc, err) from None
+
+
+def _bucket_missing(loc: Location) -> bool:
+    try:
+        return not loc.fs.exists(loc.path.split("/")[0])
+    except Exception:
+        return False
+
+
+def _translate(loc: Location, err: Exception) -> Exception:
+    text = f"{type(err).__name__}: {err}"
+    bucket = loc.path.split("/")[0]
+    if isinstance(err, PermissionError):
+        return StorageError(_S3_ERRORS["403"].format(uri=loc.uri))
+    for code, msg in _S3_ERRORS.items():
+        if code in text:
+            return StorageError(msg.format(bucket=bucket, uri=loc.uri))
+    if any(s in text for s in ("Could not connect", "ConnectionError", "EndpointConnectionError", "Cannot connect")):
+        endpoint = s3_options(loc.storage).get("endpoint_url", "the default AWS endpoint")
+        return StorageError(f"cannot reach S3 at {endpoint} for {loc.uri}: check AWS_ENDPOINT_URL / storage.endpoint_url and the network")
+    if "NoCredentials" in text or "Unable to locate credentials" in text:
+        return StorageError(f"no S3 credentials for {loc.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    return err
+
+
+def check_writable(loc: Location) -> None:
+    """Fail early and clearly when a destination cannot be written (missing bucket, wrong credentials)."""
+    if loc.is_s3:
+        bucket = loc.path.split("/")[0]
+        try:
+            loc.fs.call_s3("head_bucket", Bucket=bucket)
+        except FileNotFoundError:
+            raise StorageError(_S3_ERRORS["NoSuchBucket"].format(bucket=bucket, uri=loc.uri)) from None
+        except Exception as err:
+            raise _translate(loc, err) from None
+    probe = loc.join(f".unet-dist-probe-{uuid.uuid4().hex[:8]}")
+    probe.write_bytes(b"ok")
+    probe.rm(recursive=False)
+
+
+def ray_storage(loc: Location) -> tuple[str, pafs.FileSystem | None]:
+    """``(storage_path, storage_filesystem)`` for ``ray.train.RunConfig``."""
+    if loc.is_s3:
+        return loc.path, loc.arrow
+    return loc.path, None

@@ -1,0 +1,64 @@
+"""Segmentation metrics from confusion matrices.
+
+Workers accumulate a ``C x C`` confusion matrix (rows = truth, columns = prediction) and all-reduce
+it; IoU, Dice and accuracy are then computed once from the summed matrix. That is exact under DDP,
+unlike an average of per-worker IoUs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def predict_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Class ids from logits: argmax for C > 1, ``logit > 0`` for a single-logit binary head."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(dim=1)
+
+
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> torch.Tensor:
+    """``num_classes x num_classes`` int64 counts; pixels with target < 0 or == ignore_index are skipped."""
+    pred = pred.reshape(-1).long()
+    target = target.reshape(-1).long()
+    keep = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        keep &= target != ignore_index
+    idx = target[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def scores(cm: torch.Tensor, class_names: list[str] | None = None) -> dict[str, Any]:
+    """Per-class IoU and Dice, mean IoU / Dice over classes present, pixel accuracy.
+
+    A class absent from both truth and prediction has undefined IoU and is left out of the means.
+    For two classes, ``iou`` is the foreground IoU (the number users quote for binary tasks).
+    """
+    cm = cm.double()
+    tp = cm.diag()
+    gt = cm.sum(1)
+    pr = cm.sum(0)
+    union = gt + pr - tp
+    present = union > 0
+    iou = torch.where(present, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    dice = torch.where(present, 2 * tp / (gt + pr).clamp(min=1), torch.full_like(tp, float("nan")))
+    n = cm.shape[0]
+    names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
+    mean_iou = float(iou[present].mean()) if present.any() else 0.0
+    mean_dice = float(dice[present].mean()) if present.any() else 0.0
+    total = float(cm.sum())
+    out: dict[str, Any] = {
+        "mean_iou": mean_iou,
+        "mean_dice": mean_dice,
+        "pixel_acc": float(tp.sum() / total) if total else 0.0,
+        "per_class_iou": {names[i]: (None if not present[i] else float(iou[i])) for i in range(n)},
+        "per_class_dice": {names[i]: (None if not present[i] else float(dice[i])) for i in range(n)},
+    }
+    fg = float(iou[1]) if n == 2 and present[1] else mean_iou
+    out["iou"] = fg
+    out["dice"] = float(dice[1]) if n == 2 and present[1] else mean_dice
+    return out
