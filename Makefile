@@ -7,7 +7,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-all venv bench clean
+.PHONY: demo test test-all venv bench clean docs
 
 venv: $(STAMP)
 
@@ -31,3 +31,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs demo-runs .pytest_cache
+
+docs: $(STAMP)
+	UPDATE_DOCS=1 $(PY) -m pytest -q tests/test_docs.py

@@ -281,3 +281,19 @@ def load_config(
         data = _merge(data, read_yaml(path))
     data = _merge(data, parse_overrides(overrides))
     return validate_section(Config, data, "")
+
+
+def config_reference() -> str:
+    """A Markdown table of every config key with type, default and description, generated from the schema."""
+    import json
+
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+    for section, field in Config.model_fields.items():
+        cls = field.annotation
+        for name, f in cls.model_fields.items():
+            default = f.get_default(call_default_factory=True)
+            typ = str(f.annotation).replace("typing.", "").replace("pydantic.types.", "").replace("<class '", "").replace("'>", "")
+            doc = (f.description or "").replace("|", "\\|")
+            shown = "(secret)" if "Secret" in typ else json.dumps(default, default=str)
+            rows.append(f"| `{section}.{name}` | `{typ}` | `{shown}` | {doc} |")
+    return "\n".join(rows)

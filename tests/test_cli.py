@@ -1,0 +1,52 @@
+"""The `unet-dist` command line as a user runs it: a real subprocess, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "unet_dist", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_explains_every_command():
+    out = run("--help").stdout
+    for cmd in ("models", "config", "synthetic", "ingest", "train", "demo"):
+        assert cmd in out
+    assert "--set" in run("train", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["config", "--set", "model.unpooling=bicubic"], "model.unpooling: invalid value 'bicubic'"),
+        (["config", "--set", "model.backbone=resnet9"], "model.backbone: unknown backbone 'resnet9'"),
+        (["config", "--set", "model.backbone=resnet18", "--set", "model.unpooling=maxunpool"], "maxunpool"),
+        (["config", "--config", "/nonexistent.yaml"], "config file '/nonexistent.yaml' not found"),
+        (["train"], "data.dataset is empty"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, expected):
+    res = run(*args)
+    assert res.returncode == 2, res.stderr
+    assert expected in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert res.stderr.strip().count("\n") == 0
+
+
+def test_config_prints_resolved_yaml_without_secrets():
+    res = run("config", "--set", "model.depth=5", "--set", "storage.secret_access_key=hunter2")
+    assert res.returncode == 0, res.stderr
+    assert "depth: 5" in res.stdout and "hunter2" not in res.stdout
+
+
+def test_models_json_lists_registry():
+    res = run("models", "--json")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert {"scratch", "vgg16_bn", "resnet34"} <= set(info["backbones"])
+    assert set(info["unpooling"]) == {"transpose", "bilinear", "nearest", "pixelshuffle", "maxunpool"}

@@ -1,0 +1,70 @@
+"""The one config schema: defaults, YAML + --set layering, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unet_dist.config import Config, load_config, parse_overrides
+from unet_dist.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert cfg == Config()
+    assert cfg.model.backbone == "scratch" and cfg.storage.uri == "./runs"
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"model": {"backbone": "resnet34", "depth": 5}, "train": {"epochs": 3}}))
+    cfg = load_config(f, ["train.epochs=7", "train.class_weights=[1, 2.5]", "resources.num_workers=1-4"])
+    assert (cfg.model.backbone, cfg.model.depth, cfg.train.epochs) == ("resnet34", 5, 7)
+    assert cfg.train.class_weights == [1.0, 2.5]
+    assert cfg.resources.num_workers == (1, 4)
+
+
+def test_parse_overrides_types():
+    assert parse_overrides(["a.b=3", "a.c=true", "d=s3://x/y", "e=null"]) == {
+        "a": {"b": 3, "c": True}, "d": "s3://x/y", "e": None}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.unpooling=bicubic"], "model.unpooling: invalid value 'bicubic': Input should be 'transpose', 'bilinear'"),
+        (["model.colour=red"], "model.colour: unknown key; allowed keys: backbone,"),
+        (["nosuch.key=1"], "nosuch: unknown key; allowed keys: model, data, ingest, train, tune, storage, resources"),
+        (["train.lr=-1"], "train.lr: invalid value -1: Input should be greater than 0"),
+        (["model.depth=9"], "model.depth: invalid value 9: Input should be less than or equal to 6"),
+        (["model.pooling=avg", "model.unpooling=maxunpool"], "'maxunpool' needs the pooling indices of max pooling"),
+        (["ingest.split=[0.5, 0.2, 0.1]"], "ingest.split must be three non-negative ratios summing to 1"),
+        (["resources.num_workers=3-1"], "resources.num_workers range must be 1 <= min <= max"),
+        (["novalue"], "expected KEY=VALUE"),
+    ],
+)
+def test_errors_are_one_line_and_name_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=overrides)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_and_broken_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "jobs" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_load(path):
+    from unet_dist.models import check_model_config
+
+    check_model_config(load_config(path).model)

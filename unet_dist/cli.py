@@ -1,0 +1,250 @@
+"""`unet-dist` command line: parse, build a Config, call one function, print.
+
+Every subcommand is a thin wrapper; the behaviour lives in models/, data/, train/ so the same
+function serves the CLI, ``jobs/`` and tests. User errors print as one line (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from unet_dist.config import Config, load_config
+from unet_dist.errors import UserError
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+EPILOG = """\
+Configs: every command that takes --config also takes any number of --set KEY=VALUE overrides
+(e.g. --set model.backbone=resnet34 --set train.epochs=30). `unet-dist config` prints the result.
+Storage URIs: a local path, file://PATH or s3://BUCKET/PREFIX (endpoint and credentials from
+AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the storage section, never the URI).
+"""
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="YAML", help="config file (examples in jobs/configs/)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set model.depth=5 (repeatable)")
+
+
+def _load(args: argparse.Namespace, extra: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
+    """Config from --config and --set, with command-line flags applied last; registry-checked."""
+    cfg = load_config(args.config, [*args.overrides, *extra], base=base)
+    from unet_dist.models import check_model_config
+
+    check_model_config(cfg.model)
+    return cfg
+
+
+def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
+    return [f"{key}={json.dumps(v) if isinstance(v, (list, tuple)) else v}"
+            for attr, key in mapping.items() if (v := getattr(args, attr, None)) is not None]
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from unet_dist.models import registry_info, smoke_variants
+
+    info = registry_info()
+    if args.smoke:
+        rows = smoke_variants()
+        if args.json:
+            print(json.dumps([dict(r) if not hasattr(r, "_asdict") else r._asdict() for r in rows], default=str))
+            return 0
+        table = Table(title="U-Net variants: one forward/backward pass on CPU")
+        for col in ("backbone", "pooling", "unpooling", "params", "output", "seconds"):
+            table.add_column(col, justify="right" if col in ("params", "seconds") else "left")
+        for r in rows:
+            r = r._asdict() if hasattr(r, "_asdict") else dict(r)
+            table.add_row(str(r["backbone"]), str(r["pooling"]), str(r["unpooling"]), f"{r['params']:,}",
+                          "×".join(str(s) for s in r["output_shape"]), f"{r['seconds']:.2f}")
+        console.print(table)
+        console.print(f"[green]{len(rows)} variants built and ran forward + backward.[/]")
+        return 0
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    table = Table(title="unet-dist model registry")
+    table.add_column("option")
+    table.add_column("choices")
+    for key, values in info.items():
+        table.add_row(key, ", ".join(values))
+    console.print(table)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    if args.reference:
+        from unet_dist.config import config_reference
+
+        print(config_reference())
+        return 0
+    cfg = _load(args)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    from unet_dist.data.synthetic import generate
+
+    generate(args.dest, n=args.n, size=args.size, mode=args.mode, seed=args.seed, channels=args.channels)
+    console.print(f"[green]wrote {args.n} synthetic {args.mode} image/mask pairs to {args.dest}[/]")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from unet_dist.data.ingest import ingest
+
+    cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args, {
+        "mask_mode": "ingest.mask_mode", "classes": "ingest.class_names", "split": "ingest.split",
+        "split_column": "ingest.split_column", "seed": "ingest.seed", "rows_per_shard": "ingest.rows_per_shard",
+    }), *(["ingest.skip_invalid=true"] if args.skip_invalid else [])])
+    manifest = ingest(args.src, args.dest, cfg.ingest, cfg.storage, progress=not args.json)
+    if args.json:
+        print(json.dumps({"dataset": args.dest, "counts": manifest.get("counts"), "fingerprint": manifest.get("fingerprint")}))
+    return 0
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    return _flag_overrides(args, {
+        "data": "data.dataset", "storage": "storage.uri", "address": "resources.address",
+        "workers": "resources.num_workers", "epochs": "train.epochs", "resume_from": "train.resume_from",
+        "name": "train.name",
+    })
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from unet_dist.train import fit
+
+    cfg = _load(args, _train_overrides(args))
+    if not cfg.data.dataset:
+        raise UserError("data.dataset is empty: pass --data URI of an ingested dataset (see `unet-dist ingest`), "
+                        "or run `unet-dist demo` for the synthetic demo")
+    summary = fit(cfg, progress=not args.json)
+    _print_summary(summary, args.json)
+    return 0
+
+
+def _print_summary(summary: Any, as_json: bool) -> None:
+    payload = summary.to_json() if hasattr(summary, "to_json") else json.dumps(summary)
+    if as_json:
+        print(payload if isinstance(payload, str) else json.dumps(payload))
+        return
+    data = json.loads(payload) if isinstance(payload, str) else payload
+    table = Table(title="training finished")
+    table.add_column("")
+    table.add_column("")
+    for k, v in data.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from unet_dist.demo import DEMO_PROFILE, run_demo
+
+    cfg = _load(args, _train_overrides(args), base=DEMO_PROFILE)
+    summary = run_demo(cfg, data=args.data_folder, workdir=args.workdir, console=console)
+    _print_summary(summary, args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unet-dist",
+        description="Distributed U-Net segmentation on Ray: ingest image/mask folders, train data-parallel "
+                    "with Ray Train, inspect the model registry.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('unet_dist').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str, description: str = "") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description or help_, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("models", cmd_models, "list backbones, pooling, unpooling, activations and norms",
+            "Print the model registry. --smoke builds every backbone x unpooling (x pooling) variant and runs one "
+            "forward/backward pass on CPU.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--smoke", action="store_true", help="build and run every variant (a few minutes on CPU)")
+
+    p = add("config", cmd_config, "print the resolved config (defaults <- YAML <- --set) as YAML")
+    p.add_argument("--reference", action="store_true", help="print every key with type, default and meaning (Markdown)")
+    _config_args(p)
+
+    p = add("synthetic", cmd_synthetic, "write a deterministic SYNTHETIC image/mask folder (images/, masks/)")
+    p.add_argument("dest", help="output folder or s3:// prefix")
+    p.add_argument("--n", type=int, default=32, help="number of pairs (default 32)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--mode", choices=["binary", "multiclass"], default="binary")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=1)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("ingest", cmd_ingest, "validate a folder/bucket of images+masks and write a sharded Parquet dataset",
+            "SRC holds images/ and masks/ paired by file stem (or is a CSV with image,mask[,split] columns). "
+            "Every pair is validated; problems are listed together and nothing is written unless --skip-invalid. "
+            "The dataset appears at DEST only when complete (dataset.json is written last).")
+    p.add_argument("src", help="folder, s3:// prefix or CSV manifest")
+    p.add_argument("dest", help="output dataset location (local path or s3://)")
+    p.add_argument("--mask-mode", choices=["binary", "multiclass", "instance"],
+                   help="binary: 0/1 or 0/255; multiclass: ids 0..C-1 (palette ok); instance: id>0 is foreground")
+    p.add_argument("--classes", type=lambda s: s.split(","), help="comma-separated class names, e.g. background,cell")
+    p.add_argument("--split", type=lambda s: [float(x) for x in s.split(",")], help="train,val,test ratios (default 0.8,0.1,0.1)")
+    p.add_argument("--split-column", help="take the split from this CSV column")
+    p.add_argument("--seed", type=int, help="split seed")
+    p.add_argument("--rows-per-shard", type=int, help="rows per Parquet file")
+    p.add_argument("--skip-invalid", action="store_true", help="write the valid pairs, list the skipped ones in the manifest")
+    p.add_argument("--json", action="store_true", help="print a one-line JSON summary instead of tables")
+    _config_args(p)
+
+    def train_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--storage", help="where runs go: local path (default ./runs) or s3://bucket/prefix")
+        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+        p.add_argument("--workers", help="training workers, or MIN-MAX for elastic training (default 2)")
+        p.add_argument("--epochs", type=int, help="epochs (default from config)")
+        p.add_argument("--name", help="run name; re-using one resumes that run")
+        p.add_argument("--resume-from", help="start from this checkpoint URI")
+        p.add_argument("--json", action="store_true", help="print a one-line JSON summary at the end")
+        _config_args(p)
+
+    p = add("train", cmd_train, "train a U-Net data-parallel with Ray Train",
+            "Trains on an ingested dataset with DDP across Ray workers (GPU + NCCL when present, else CPU + gloo), "
+            "writes per-epoch metrics, TensorBoard logs and checkpoints to storage, and resumes after failures.")
+    p.add_argument("--data", help="URI of an ingested dataset (from `unet-dist ingest`)")
+    train_flags(p)
+
+    p = add("demo", cmd_demo, "end-to-end demo: synthetic (or --data) images -> ingest -> 2-worker training",
+            "Runs the whole product on a local Ray: generates a SYNTHETIC data set (or uses --data FOLDER with "
+            "images/ and masks/), ingests it, trains 2 workers and prints the best checkpoint and val IoU.")
+    p.add_argument("--data", dest="data_folder", help="folder with images/ and masks/ instead of synthetic data")
+    p.add_argument("--workdir", default="demo-runs", help="where the demo writes data, dataset and runs (default demo-runs/)")
+    train_flags(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
