@@ -64,7 +64,7 @@ class ModelConfig(_Section):
 class IngestConfig(_Section):
     """Turning a folder/bucket of images and masks into a sharded Parquet dataset."""
 
-    mask_mode: MaskMode = Field("binary", description="binary: >0 is foreground; multiclass: ids 0..C-1 (palette ok); instance: id>0 is foreground.")
+    mask_mode: MaskMode = Field("binary", description="binary: 0/1 or 0/255 (other values are errors); multiclass: ids 0..C-1 (palette ok); instance: id>0 is foreground.")
     class_names: list[str] = Field(default_factory=lambda: ["background", "foreground"])
     split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test ratios.")
     split_column: str | None = Field(None, description="Take the split from this manifest (CSV) column instead of ratios.")
@@ -92,6 +92,8 @@ class DataConfig(_Section):
     rot90: bool = True
     intensity_jitter: float = Field(0.1, ge=0.0, le=1.0, description="Max brightness/contrast change.")
     num_crops_per_image: int = Field(1, ge=1, description="Random crops drawn per image per epoch.")
+    shuffle_buffer: int = Field(64, ge=1, description="Rows in each worker's local shuffle buffer (seeded per epoch).")
+    materialize: bool = Field(True, description="Read the dataset into the object store before training; needed when workers hold every CPU (else read tasks starve).")
 
 
 class TrainConfig(_Section):
@@ -107,7 +109,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Scheduler = "cosine"
-    warmup_epochs: int = Field(0, ge=0)
+    scheduler_interval: Literal["step", "epoch"] = Field("step", description="Advance the LR schedule per optimiser step or per epoch.")
+    warmup_epochs: int = Field(0, ge=0, description="Linear LR warm-up length in epochs.")
+    poly_power: float = Field(0.9, gt=0, description="Exponent of scheduler=poly.")
     step_size: int = Field(10, ge=1, description="Epochs between decays for scheduler=step.")
     gamma: float = Field(0.1, gt=0, le=1)
     grad_clip: float | None = Field(None, gt=0)
@@ -120,6 +124,8 @@ class TrainConfig(_Section):
     controller_failure_limit: int = Field(3, ge=0, description="Controller retries (e.g. a lost node) before a clear error.")
     resume_from: str | None = Field(None, description="Checkpoint URI to start from.")
     log_images: int = Field(4, ge=0, description="Validation overlays written to TensorBoard per epoch.")
+    progress_every: int = Field(5, ge=1, description="Steps between progress updates the driver's live view reads.")
+    worker_start_timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for a worker group (e.g. a lost node) before counting a controller failure.")
 
 
 class TuneConfig(_Section):

@@ -1,0 +1,70 @@
+"""Decoding and the one model-input normalisation."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from unet_dist.data.codec import decode_image, decode_mask, encode_png, to_model_input
+from unet_dist.errors import DataError
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("arr", [
+    np.arange(64, dtype=np.uint8).reshape(8, 8),
+    (np.arange(64, dtype=np.uint16) * 1000).reshape(8, 8),
+    np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3),
+], ids=["gray8", "gray16", "rgb8"])
+def test_encode_png_round_trips_losslessly(arr):
+    out = decode_image(encode_png(arr))
+    assert out.dtype == arr.dtype
+    np.testing.assert_array_equal(out, arr.reshape(8, 8, -1))
+
+
+def test_decode_rgba_drops_alpha_and_tiff16_keeps_depth():
+    rgba = np.random.default_rng(0).integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_image(_png(rgba)), rgba[..., :3])
+    img16 = np.random.default_rng(1).integers(0, 65536, (6, 9), dtype=np.uint16)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, img16)
+    out = decode_image(buf.getvalue())
+    assert out.dtype == np.uint16 and out.shape == (6, 9, 1)
+    np.testing.assert_array_equal(out[..., 0], img16)
+
+
+def test_decode_palette_mask_gives_indices():
+    idx = np.array([[0, 1], [2, 1]], dtype=np.uint8)
+    im = Image.fromarray(idx).convert("P")
+    im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    np.testing.assert_array_equal(decode_mask(buf.getvalue()), idx)
+
+
+def test_truncated_png_is_a_data_error():
+    data = _png(np.zeros((32, 32), np.uint8) + 7)
+    with pytest.raises(DataError, match="cannot decode"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_to_model_input_channels_and_normalisation():
+    gray = np.full((4, 5, 1), 51, np.uint8)
+    x = to_model_input(gray, 3, {"mean": [0.2], "std": [0.5]})
+    assert x.shape == (3, 4, 5) and x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.zeros(3, 4, 5))
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 0] = 255
+    y = to_model_input(rgb, 1, None)
+    torch.testing.assert_close(y, torch.full((1, 2, 2), 0.299))
+    g16 = np.full((2, 2, 1), 65535, np.uint16)
+    torch.testing.assert_close(to_model_input(g16, 1, None), torch.ones(1, 2, 2))

@@ -1,0 +1,241 @@
+"""Ingest: real ISBI to local and S3, bad data reported together, skip_invalid, interrupted ingest, splits."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tifffile
+from PIL import Image
+
+from unet_dist.config import IngestConfig
+from unet_dist.data import decode_image, decode_mask, ingest, read_manifest, split_paths
+from unet_dist.data.ingest import assign_splits
+from unet_dist.data.synthetic import generate, ingest_config
+from unet_dist.errors import DataError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _rows(manifest: dict) -> dict[str, dict]:
+    rows = {}
+    for split in ("train", "val", "test"):
+        paths, fs = split_paths(manifest, split)
+        for p in paths:
+            for row in pq.read_table(p, filesystem=fs).to_pylist():
+                rows[row["id"]] = row
+    return rows
+
+
+def _check_isbi(manifest: dict, isbi_dir: Path) -> None:
+    assert manifest["counts"]["total"] == 30
+    assert sum(manifest["counts"][s] for s in ("train", "val", "test")) == 30
+    assert manifest["counts"]["val"] >= 1
+    assert manifest["skipped"] == []
+    rows = _rows(manifest)
+    assert len(rows) == 30
+    for sid in ("0", "17"):
+        original = np.asarray(Image.open(isbi_dir / "images" / f"{sid}.png"))
+        original_mask = np.asarray(Image.open(isbi_dir / "masks" / f"{sid}.png"))
+        np.testing.assert_array_equal(decode_image(rows[sid]["image"])[..., 0], original)
+        np.testing.assert_array_equal(decode_mask(rows[sid]["mask"]), original_mask // 255)
+        assert (rows[sid]["height"], rows[sid]["width"], rows[sid]["channels"]) == original.shape + (1,)
+    freq = manifest["class_pixel_freq"]
+    assert abs(sum(freq.values()) - 1) < 1e-9 and 0 < freq["background"] < 1
+    assert 0 < manifest["image_stats"]["std"][0] < 1
+
+
+def test_ingest_isbi_local(tmp_path, isbi_dir):
+    dest = tmp_path / "isbi"
+    manifest = ingest(str(isbi_dir), str(dest), IngestConfig(rows_per_shard=16), progress=False)
+    again = read_manifest(str(dest))
+    assert again["fingerprint"] == manifest["fingerprint"]
+    _check_isbi(again, isbi_dir)
+    assert len(again["splits"]["train"]["files"]) == 2
+
+
+@pytest.mark.s3
+def test_ingest_isbi_s3(s3_uri, isbi_dir, tmp_path):
+    local = ingest(str(isbi_dir), str(tmp_path / "isbi"), IngestConfig(), progress=False)
+    manifest = ingest(str(isbi_dir), s3_uri, IngestConfig(), progress=False)
+    loaded = read_manifest(s3_uri)
+    assert loaded["uri"] == s3_uri
+    assert loaded["fingerprint"] == manifest["fingerprint"] == local["fingerprint"]
+    assert loaded["counts"] == local["counts"]
+    _check_isbi(loaded, isbi_dir)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _bad_set(root: Path) -> dict[str, str | None]:
+    """Hand-made pairs: id -> expected reason fragment (None: valid)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+
+    def put(name: str, image: bytes | None, mask: bytes | None, mask_name: str | None = None) -> None:
+        if image is not None:
+            (root / "images" / name).write_bytes(image)
+        if mask is not None:
+            (root / "masks" / (mask_name or Path(name).stem + ".png")).write_bytes(mask)
+
+    gray = lambda h, w: rng.integers(0, 256, (h, w), dtype=np.uint8)  # noqa: E731
+    binmask = lambda h, w: (rng.random((h, w)) > 0.5).astype(np.uint8) * 255  # noqa: E731
+    for i in range(3):
+        put(f"good{i}.png", _png(gray(32, 32)), _png(binmask(32, 32)))
+    put("mixed.png", _png(gray(40, 24)), _png(binmask(40, 24)))
+    put("rgba.png", _png(rng.integers(0, 256, (32, 32, 4), dtype=np.uint8)), _png(binmask(32, 32)))
+    inst = np.zeros((32, 32), np.uint16)
+    inst[2:10, 2:10], inst[15:30, 12:20] = 300, 1200
+    put("inst16.png", _png(gray(32, 32)), _png(inst))
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, rng.integers(0, 65536, (32, 32), dtype=np.uint16))
+    put("tiff16.tif", buf.getvalue(), _png(binmask(32, 32)))
+    trunc = _png(gray(32, 32))
+    put("truncated.png", trunc[: len(trunc) // 2], _png(binmask(32, 32)))
+    put("mismatch.png", _png(gray(32, 32)), _png(binmask(30, 32)))
+    put("nomask.png", _png(gray(32, 32)), None)
+    put("badmask.png", _png(gray(32, 32)), b"not an image at all", "badmask.png")
+    return {"good0": None, "good1": None, "good2": None, "mixed": None, "rgba": None, "inst16": None, "tiff16": None,
+            "truncated": "cannot decode", "mismatch": "size mismatch", "nomask": "mask is missing", "badmask": "mask badmask.png"}
+
+
+def test_bad_pairs_reported_together_and_nothing_written(tmp_path):
+    expected = _bad_set(tmp_path / "src")
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError) as info:
+        ingest(str(tmp_path / "src"), str(dest), IngestConfig(mask_mode="instance"), progress=False)
+    problems = {Path(p.file).stem: p.reason for p in info.value.problems}
+    bad = {k: v for k, v in expected.items() if v}
+    assert set(problems) == set(bad)
+    for stem, fragment in bad.items():
+        assert fragment in problems[stem], (stem, problems[stem])
+        assert stem in str(info.value)
+    assert not dest.exists() or not any(dest.iterdir())
+    with pytest.raises(DataError, match="no dataset"):
+        read_manifest(str(dest))
+
+
+def test_skip_invalid_writes_exactly_the_valid_pairs(tmp_path):
+    expected = _bad_set(tmp_path / "src")
+    manifest = ingest(str(tmp_path / "src"), str(tmp_path / "dest"), IngestConfig(mask_mode="instance", skip_invalid=True),
+                      progress=False)
+    valid = {k for k, v in expected.items() if v is None}
+    rows = _rows(read_manifest(str(tmp_path / "dest")))
+    assert set(rows) == valid
+    assert {Path(s["file"]).stem for s in manifest["skipped"]} == set(expected) - valid
+    assert manifest["counts"]["total"] == len(valid)
+    src = tmp_path / "src"
+    rgba = decode_image(rows["rgba"]["image"])
+    np.testing.assert_array_equal(rgba, np.asarray(Image.open(src / "images" / "rgba.png"))[..., :3])
+    inst = decode_mask(rows["inst16"]["mask"])
+    np.testing.assert_array_equal(inst, (np.asarray(Image.open(src / "masks" / "inst16.png")) > 0).astype(np.int64))
+    tif = decode_image(rows["tiff16"]["image"])
+    assert tif.dtype == np.uint16 and rows["tiff16"]["bit_depth"] == 16
+    np.testing.assert_array_equal(tif[..., 0], tifffile.imread(src / "images" / "tiff16.tif"))
+    assert (rows["mixed"]["height"], rows["mixed"]["width"]) == (40, 24)
+    assert manifest["channels"] == 3 and manifest["bit_depths"] == [8, 16]
+
+
+def test_label_values_checked_per_mask_mode(tmp_path):
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    img = _png(np.zeros((16, 16), np.uint8))
+    for name, values in {"ok": (0, 1, 2), "over": (0, 5), "gray": (0, 128, 255)}.items():
+        (src / "images" / f"{name}.png").write_bytes(img)
+        (src / "masks" / f"{name}.png").write_bytes(_png(np.resize(np.array(values, np.uint8), (16, 16))))
+    with pytest.raises(DataError) as info:
+        ingest(str(src), str(tmp_path / "d1"), IngestConfig(mask_mode="multiclass", class_names=["a", "b", "c"]), progress=False)
+    reasons = {Path(p.file).stem: p.reason for p in info.value.problems}
+    assert set(reasons) == {"over", "gray"}
+    assert "labels [5] out of range 0..2" in reasons["over"]
+    with pytest.raises(DataError) as info:
+        ingest(str(src), str(tmp_path / "d2"), IngestConfig(mask_mode="binary"), progress=False)
+    reasons = {Path(p.file).stem: p.reason for p in info.value.problems}
+    assert set(reasons) == {"ok", "over", "gray"}
+    assert "[0, 128, 255]" in reasons["gray"] and "[0, 1, 2]" in reasons["ok"]
+
+
+def test_csv_manifest_with_split_column(tmp_path):
+    raw = Path(generate(str(tmp_path / "raw"), n=6, size=24))
+    lines = ["image,mask,subset"] + [f"images/synthetic-{i:04d}.png,masks/synthetic-{i:04d}.png,{'val' if i < 2 else 'train'}"
+                                    for i in range(6)]
+    (raw / "list.csv").write_text("\n".join(lines) + "\n")
+    manifest = ingest(str(raw / "list.csv"), str(tmp_path / "d"), ingest_config("binary", split_column="subset"), progress=False)
+    assert manifest["counts"] == {"train": 4, "val": 2, "test": 0, "total": 6}
+    assert sorted(r["id"] for r in _rows(manifest).values() if r["split"] == "val") == ["images_synthetic-0000", "images_synthetic-0001"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 30])
+@pytest.mark.parametrize("ratios", [(0.8, 0.1, 0.1), (0.5, 0.5, 0.0), (0.98, 0.01, 0.01)])
+def test_assign_splits_deterministic_with_val(n, ratios):
+    ids = [f"x{i}" for i in range(n)]
+    a, b = assign_splits(ids, ratios, seed=7), assign_splits(list(reversed(ids)), ratios, seed=7)
+    assert set(a) == set(ids)
+    assert a == assign_splits(ids, ratios, seed=7)
+    counts = {s: sum(v == s for v in a.values()) for s in ("train", "val", "test")}
+    assert counts["train"] >= 1
+    if n >= 2:
+        assert counts["val"] >= 1
+    assert sum(counts.values()) == n
+    assert sorted(a.values()) == sorted(b.values())
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import pyarrow.parquet as pq
+    from unet_dist.data import ingest
+    from unet_dist.data.synthetic import ingest_config
+    real = pq.write_table
+    def slow(*a, **k):
+        real(*a, **k)
+        print("SHARD", flush=True)
+        time.sleep(120)
+    pq.write_table = slow
+    ingest(sys.argv[1], sys.argv[2], ingest_config("binary", rows_per_shard=2), progress=False)
+""")
+
+
+def _ingest_killed_after_first_shard(src: str, dest: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, src, dest], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "SHARD", line
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_killed_ingest_leaves_no_dataset_and_keeps_the_old_one(tmp_path):
+    raw = generate(str(tmp_path / "raw"), n=6, size=24)
+    fresh = tmp_path / "fresh"
+    _ingest_killed_after_first_shard(raw, str(fresh))
+    assert list(fresh.glob(".tmp-*/*/part-*.parquet")), "the first shard should have been written"
+    with pytest.raises(DataError, match="no complete dataset.*re-run"):
+        read_manifest(str(fresh))
+
+    existing = tmp_path / "existing"
+    old = ingest(str(tmp_path / "raw"), str(existing), ingest_config("binary", seed=1), progress=False)
+    _ingest_killed_after_first_shard(raw, str(existing))
+    kept = read_manifest(str(existing))
+    assert kept["fingerprint"] == old["fingerprint"] and kept["split_by"]["seed"] == 1
+    assert len(_rows(kept)) == 6
+
+    new = ingest(raw, str(existing), ingest_config("binary", seed=2), progress=False)
+    assert read_manifest(str(existing))["split_by"]["seed"] == 2
+    assert sorted(p.name for p in existing.iterdir()) == sorted(["dataset.json", new["splits"]["train"]["files"][0].split("/")[0]])

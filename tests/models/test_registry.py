@@ -1,0 +1,80 @@
+"""The registries equal the config's choices; registry-dependent config errors are clear."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unet_dist.config import ModelConfig, load_config
+from unet_dist.errors import ConfigError
+from unet_dist.models import check_model_config, get_backbone, list_backbones, register_backbone, registry_info
+from unet_dist.models.registry import CONFIG_LITERALS
+
+
+@pytest.mark.parametrize("key", sorted(CONFIG_LITERALS))
+def test_registry_equals_config_literal(key: str) -> None:
+    assert registry_info()[key] == list(CONFIG_LITERALS[key])
+
+
+def test_registry_info_lists_all_backbone_families() -> None:
+    info = registry_info()
+    assert set(info) == {"backbones", *CONFIG_LITERALS}
+    expected = {"scratch", *(f"vgg{n}{bn}" for n in (11, 13, 16, 19) for bn in ("", "_bn")),
+                *(f"resnet{n}" for n in (18, 34, 50, 101, 152))}
+    assert set(info["backbones"]) == expected == set(list_backbones())
+
+
+def test_register_backbone_rejects_duplicates() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_backbone("scratch", depths=(3, 6))(get_backbone("scratch").build)
+
+
+def test_unknown_backbone() -> None:
+    with pytest.raises(ConfigError, match=r"model.backbone: unknown backbone 'vgg17'; choose one of: scratch, .*resnet152"):
+        check_model_config(ModelConfig(backbone="vgg17"))
+
+
+@pytest.mark.parametrize("backbone", list_backbones())
+def test_depth_range_per_backbone(backbone: str) -> None:
+    lo, hi = get_backbone(backbone).depths
+    for depth in range(1, 7):
+        cfg = ModelConfig(backbone=backbone, depth=depth)
+        if lo <= depth <= hi:
+            check_model_config(cfg)
+        else:
+            with pytest.raises(ConfigError, match=rf"model.depth: {depth} .*{backbone}.*allowed: {lo}-{hi}"):
+                check_model_config(cfg)
+
+
+@pytest.mark.parametrize("backbone", [b for b in list_backbones() if get_backbone(b).maxunpool])
+def test_maxunpool_with_strided_backbone_is_explained(backbone: str) -> None:
+    with pytest.raises(ConfigError, match=r"model.unpooling: 'maxunpool' cannot be used with backbone .*strided.*"
+                                          r"choose one of: transpose, bilinear, nearest, pixelshuffle"):
+        check_model_config(ModelConfig(backbone=backbone, unpooling="maxunpool", depth=4))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.backbone=resnet34", "model.unpooling=maxunpool"], "'maxunpool' cannot be used with backbone 'resnet34'"),
+        (["model.backbone=scratch", "model.depth=2"], "model.depth: 2 is out of range for backbone 'scratch'; allowed: 3-6"),
+        (["model.backbone=densenet"], "model.backbone: unknown backbone 'densenet'"),
+        (["model.backbone=resnet18", "model.weights=IMAGENET9K"], "model.weights: 'IMAGENET9K' is neither"),
+        (["model.weights=IMAGENET1K_V1"], "backbone 'scratch' has no torchvision weights"),
+    ],
+)
+def test_load_config_then_check(tmp_path: Path, overrides: list[str], message: str) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  num_classes: 2\n  depth: 4\n")
+    cfg = load_config(path, overrides)
+    with pytest.raises(ConfigError) as err:
+        check_model_config(cfg.model)
+    assert message in str(err.value)
+
+
+def test_schema_rejects_maxunpool_without_max_pooling(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  unpooling: maxunpool\n  pooling: avg\n")
+    with pytest.raises(ConfigError, match="needs the pooling indices of max pooling"):
+        load_config(path)

@@ -1,0 +1,544 @@
+"""Ingest: a folder/bucket (or CSV manifest) of images and masks -> validated, sharded Parquet + ``dataset.json``.
+
+Layout at DEST::
+
+    dataset.json                         # written LAST: a dataset exists only if this file does
+    data-<id>/{train,val,test}/part-NNNN.parquet
+
+Shards are written under ``DEST/.tmp-<id>/`` (renamed to ``DEST/data-<id>/``; on S3 written there directly)
+and the manifest is committed last, so an interrupted ingest leaves nothing that loads, and re-ingesting replaces the previous
+dataset only at the moment the new manifest lands.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import posixpath
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from unet_dist.config import IngestConfig, StorageConfig
+from unet_dist.data.codec import IMAGE_SUFFIXES, decode_image, decode_mask, encode_png, pixel_scale
+from unet_dist.errors import ConfigError, DataError
+from unet_dist.storage import Location, check_writable, resolve
+
+SCHEMA_VERSION = 1
+MANIFEST = "dataset.json"
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_MAX_LISTED = 20
+
+PARQUET_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("image", pa.binary()),
+    ("mask", pa.binary()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("channels", pa.int8()),
+    ("bit_depth", pa.int8()),
+    ("source", pa.string()),
+    ("mask_source", pa.string()),
+    ("split", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image/mask candidate found in SRC."""
+
+    id: str
+    image: str | None
+    mask: str | None
+    split: str | None = None
+
+
+@dataclass
+class Record:
+    """A validated pair, re-encoded and summarised."""
+
+    pair: Pair
+    image_png: bytes
+    mask_png: bytes
+    height: int
+    width: int
+    channels: int
+    bit_depth: int
+    digest: str
+    class_counts: np.ndarray
+    pix_sum: np.ndarray
+    pix_sqsum: np.ndarray
+    split: str = ""
+
+
+@dataclass
+class Problem:
+    """Why a pair is invalid."""
+
+    file: str
+    reason: str
+
+
+@dataclass
+class _Scan:
+    pairs: list[Pair] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _stem(name: str) -> str:
+    return posixpath.splitext(posixpath.basename(name))[0]
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _scan_folder(src: Location) -> _Scan:
+    images_dir, masks_dir = src.join("images"), src.join("masks")
+    if not images_dir.isdir():
+        raise DataError(f"{src.uri} has no images/ folder: expected {src.uri}/images and {src.uri}/masks paired by file stem, or a CSV manifest")
+    scan = _Scan()
+    images = _by_stem(images_dir, scan)
+    masks = _by_stem(masks_dir, scan) if masks_dir.isdir() else {}
+    for stem in sorted(set(images) | set(masks)):
+        img, msk = images.get(stem), masks.get(stem)
+        if img is None:
+            scan.problems.append(Problem(msk or stem, "mask has no image (no images/<stem>.* with the same stem)"))
+        elif msk is None:
+            scan.problems.append(Problem(img, f"mask is missing (expected masks/{stem}.png or another image format)"))
+        else:
+            scan.pairs.append(Pair(stem, img, msk))
+    return scan
+
+
+def _by_stem(folder: Location, scan: _Scan) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for child in folder.ls():
+        if not _is_image(child.name):
+            continue
+        stem = _stem(child.name)
+        if stem in out:
+            scan.problems.append(Problem(child.uri, f"duplicate stem {stem!r} (also {posixpath.basename(out[stem])}); keep one file per stem"))
+            continue
+        out[stem] = child.uri
+    return out
+
+
+def _scan_csv(src: Location, cfg: IngestConfig) -> _Scan:
+    text = src.read_text()
+    reader = csv.DictReader(io.StringIO(text))
+    cols = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in ("image", "mask") if c not in cols]
+    if missing:
+        raise DataError(f"{src.uri}: CSV manifest needs columns image,mask (found {cols}); missing {missing}")
+    if cfg.split_column and cfg.split_column not in cols:
+        raise ConfigError(f"ingest.split_column: column {cfg.split_column!r} not in {src.uri} (columns: {cols})")
+    base = posixpath.dirname(src.uri) if src.is_s3 else os.path.dirname(src.path)
+    scan = _Scan()
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
+        where = f"{src.uri}:{lineno}"
+        img, msk = row.get("image", ""), row.get("mask", "")
+        if not img:
+            scan.problems.append(Problem(where, "empty image path"))
+            continue
+        image_uri, mask_uri = _abs(base, img, src.is_s3), _abs(base, msk, src.is_s3) if msk else None
+        rel = posixpath.splitext(img)[0].lstrip("./").replace("/", "_") if "://" not in img else _stem(img)
+        if rel in seen:
+            scan.problems.append(Problem(where, f"duplicate image id {rel!r} (also line {seen[rel]})"))
+            continue
+        seen[rel] = lineno
+        split = None
+        if cfg.split_column:
+            value = row.get(cfg.split_column, "").lower()
+            split = _SPLIT_ALIASES.get(value)
+            if split is None:
+                scan.problems.append(Problem(image_uri, f"split {value!r} in column {cfg.split_column!r} ({where}) is not train/val/test"))
+                continue
+        if mask_uri is None:
+            scan.problems.append(Problem(image_uri, f"mask is missing (empty mask column at {where})"))
+            continue
+        scan.pairs.append(Pair(rel, image_uri, mask_uri, split))
+    return scan
+
+
+def _abs(base: str, path: str, s3: bool) -> str:
+    if "://" in path or path.startswith("/"):
+        return path
+    return f"{base.rstrip('/')}/{path}" if s3 else os.path.normpath(os.path.join(base, path))
+
+
+def discover(src: str, cfg: IngestConfig, storage: StorageConfig | None = None) -> tuple[list[Pair], list[Problem]]:
+    """Candidate pairs in SRC (folder with images/ + masks/, or a CSV manifest) and the pairing problems found."""
+    loc = resolve(src, storage)
+    if loc.path.lower().endswith(".csv"):
+        if not loc.exists():
+            raise DataError(f"CSV manifest {loc.uri} not found")
+        scan = _scan_csv(loc, cfg)
+    else:
+        if not loc.exists():
+            raise DataError(f"source {loc.uri} not found: pass a folder/prefix with images/ and masks/, or a CSV manifest")
+        scan = _scan_folder(loc)
+    return scan.pairs, scan.problems
+
+
+def labels_from_mask(mask: np.ndarray, cfg: IngestConfig) -> np.ndarray:
+    """Class ids (0..C-1) from a raw mask, per ``cfg.mask_mode``; raises DataError naming the offending values."""
+    if cfg.mask_mode == "instance":
+        if mask.min() < 0:
+            raise DataError(f"instance mask has negative ids {sorted(int(v) for v in np.unique(mask[mask < 0])[:5])}")
+        return (mask > 0).astype(np.uint8)
+    values = np.unique(mask)
+    if cfg.mask_mode == "binary":
+        vals = set(int(v) for v in values)
+        if vals <= {0, 1}:
+            return mask.astype(np.uint8)
+        if vals <= {0, 255}:
+            return (mask // 255).astype(np.uint8)
+        shown = sorted(vals)[:10]
+        raise DataError(f"binary mask values {shown}{'...' if len(vals) > 10 else ''} are not 0/1 or 0/255; "
+                        "use mask_mode multiclass (class ids) or instance (id > 0 is foreground)")
+    n = len(cfg.class_names)
+    bad = values[(values < 0) | (values >= n)]
+    if bad.size:
+        hint = "; it looks like a 0/255 binary mask: use --mask-mode binary" if set(int(v) for v in values) <= {0, 255} else ""
+        raise DataError(f"labels {[int(v) for v in bad[:10]]} out of range 0..{n - 1} for {n} classes (ingest.class_names){hint}")
+    return mask.astype(np.uint8 if n <= 256 else np.uint16)
+
+
+def _load(pair: Pair, cfg: IngestConfig, storage: StorageConfig | None, num_classes: int) -> Record:
+    assert pair.image is not None and pair.mask is not None
+    try:
+        image_bytes = resolve(pair.image, storage).read_bytes()
+    except Exception as err:
+        raise DataError(f"cannot read image ({err})") from None
+    try:
+        image = decode_image(image_bytes)
+    except DataError as err:
+        raise DataError(f"image: {err}") from None
+    try:
+        mask_raw = decode_mask(resolve(pair.mask, storage).read_bytes())
+    except DataError as err:
+        raise DataError(f"mask {posixpath.basename(pair.mask)}: {err}") from None
+    except Exception as err:
+        raise DataError(f"cannot read mask {pair.mask} ({err})") from None
+    h, w, c = image.shape
+    if mask_raw.shape != (h, w):
+        raise DataError(f"size mismatch: image is {h}x{w} but mask {posixpath.basename(pair.mask)} is {mask_raw.shape[0]}x{mask_raw.shape[1]}")
+    try:
+        labels = labels_from_mask(mask_raw, cfg)
+    except DataError as err:
+        raise DataError(f"mask {posixpath.basename(pair.mask)}: {err}") from None
+    counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=num_classes)[:num_classes]
+    x = image.reshape(-1, c).astype(np.float64) / pixel_scale(image.dtype)
+    digest = hashlib.sha256()
+    for part in (pair.id.encode(), str(image.shape).encode(), str(image.dtype).encode(), image.tobytes(), labels.tobytes()):
+        digest.update(part)
+    return Record(
+        pair=pair, image_png=encode_png(image), mask_png=encode_png(labels), height=h, width=w, channels=c,
+        bit_depth=16 if image.dtype == np.uint16 else 8, digest=digest.hexdigest(), class_counts=counts,
+        pix_sum=x.sum(0), pix_sqsum=(x * x).sum(0),
+    )
+
+
+def assign_splits(ids: list[str], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Deterministic id -> split from seed and ratios; at least one val item when n >= 2 and val ratio > 0."""
+    n = len(ids)
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(n)] if n else []
+    n_val = int(round(n * ratios[1]))
+    n_test = int(round(n * ratios[2]))
+    if ratios[1] > 0 and n >= 2:
+        n_val = max(n_val, 1)
+    if ratios[0] > 0 and n >= 1:
+        while n_val + n_test > n - 1 and (n_test > 0 or n_val > 1):
+            if n_test > 0:
+                n_test -= 1
+            else:
+                n_val -= 1
+    n_val, n_test = min(n_val, n), min(n_test, max(n - n_val, 0))
+    out = {i: "val" for i in order[:n_val]}
+    out.update({i: "test" for i in order[n_val:n_val + n_test]})
+    out.update({i: "train" for i in order[n_val + n_test:]})
+    return out
+
+
+def _class_names(cfg: IngestConfig) -> list[str]:
+    names = list(cfg.class_names)
+    if cfg.mask_mode in ("binary", "instance") and len(names) != 2:
+        raise ConfigError(f"ingest.class_names: mask_mode {cfg.mask_mode} needs exactly 2 class names (background, foreground), got {names}")
+    if len(names) < 2:
+        raise ConfigError(f"ingest.class_names: need at least 2 classes, got {names}")
+    return names
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, disable=not enabled, transient=False,
+    )
+
+
+def _rate(done: int, nbytes: int, start: float, unit: str) -> str:
+    dt = max(time.perf_counter() - start, 1e-9)
+    return f"{done / dt:6.1f} {unit}/s  {nbytes / dt / 2**20:6.1f} MiB/s"
+
+
+def problems_table(problems: Iterable[Problem], title: str) -> Table:
+    """A rich table of (file, reason)."""
+    table = Table(title=title, show_lines=False)
+    table.add_column("file", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for p in problems:
+        table.add_row(p.file, p.reason)
+    return table
+
+
+def _problems_error(problems: list[Problem], src: str, total: int) -> DataError:
+    listed = "; ".join(f"{posixpath.basename(p.file.rstrip('/')) or p.file}: {p.reason}" for p in problems[:_MAX_LISTED])
+    more = f"; ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    err = DataError(f"{len(problems)} of {total} pairs in {src} are invalid (nothing written; fix them or pass --skip-invalid): {listed}{more}")
+    err.problems = problems  # type: ignore[attr-defined]
+    return err
+
+
+def _prepare_dest(dest: Location) -> None:
+    """Refuse a non-empty DEST that is not a dataset, so ingest never mixes with or deletes unrelated files."""
+    if not dest.exists():
+        return
+    if not dest.isdir():
+        raise DataError(f"destination {dest.uri} is a file; pass a folder or prefix for the dataset")
+    if dest.join(MANIFEST).exists():
+        return
+    foreign = [c.name for c in dest.ls() if not (c.name.startswith(".tmp-") or c.name.startswith("data-"))]
+    if foreign:
+        raise DataError(f"destination {dest.uri} is not empty and holds no dataset ({', '.join(foreign[:5])}); choose a new or empty folder")
+
+
+def _write_shards(records: list[Record], tmp: Location, rows_per_shard: int, progress: Progress) -> dict[str, list[str]]:
+    files: dict[str, list[str]] = {s: [] for s in SPLITS}
+    chunks = []
+    for split in SPLITS:
+        rows = [r for r in records if r.split == split]
+        chunks += [(split, rows[k:k + rows_per_shard]) for k in range(0, len(rows), rows_per_shard)]
+    task = progress.add_task("write", total=len(chunks), rate="")
+    start, nbytes, counters = time.perf_counter(), 0, {s: 0 for s in SPLITS}
+    for split, rows in chunks:
+        name = f"{split}/part-{counters[split]:04d}.parquet"
+        counters[split] += 1
+        table = pa.table({
+            "id": [r.pair.id for r in rows],
+            "image": [r.image_png for r in rows],
+            "mask": [r.mask_png for r in rows],
+            "height": [r.height for r in rows],
+            "width": [r.width for r in rows],
+            "channels": [r.channels for r in rows],
+            "bit_depth": [r.bit_depth for r in rows],
+            "source": [r.pair.image for r in rows],
+            "mask_source": [r.pair.mask for r in rows],
+            "split": [split] * len(rows),
+        }, schema=PARQUET_SCHEMA)
+        target = tmp.join(name)
+        tmp.join(split).mkdir()
+        pq.write_table(table, target.path, filesystem=tmp.arrow, compression="none")
+        files[split].append(name)
+        nbytes += sum(len(r.image_png) + len(r.mask_png) for r in rows)
+        progress.update(task, advance=1, rate=_rate(sum(counters.values()), nbytes, start, "shards"))
+    return files
+
+
+def ingest(
+    src: str,
+    dest: str,
+    cfg: IngestConfig,
+    storage: StorageConfig | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Validate every pair in SRC, shard valid ones to Parquet at DEST, commit ``dataset.json`` last; returns the manifest.
+
+    All invalid pairs are reported together: a DataError (with ``.problems``) unless ``cfg.skip_invalid``,
+    in which case they are listed under ``skipped`` in the manifest. ``progress`` shows the bar and summary.
+    """
+    console = console or Console(stderr=True)
+    names = _class_names(cfg)
+    num_classes = len(names)
+    src_loc, dest_loc = resolve(src, storage), resolve(dest, storage)
+    pairs, problems = discover(src, cfg, storage)
+    if not pairs and not problems:
+        raise DataError(f"no images found in {src_loc.uri}: expected images/ and masks/ with .png/.jpg/.tif files, or a CSV manifest")
+    _prepare_dest(dest_loc)
+
+    records: list[Record] = []
+    with _progress(console, progress) as bar:
+        task = bar.add_task("validate", total=len(pairs), rate="")
+        start, nbytes = time.perf_counter(), 0
+        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
+            futures = {pool.submit(_load, p, cfg, storage, num_classes): p for p in pairs}
+            for fut in as_completed(futures):
+                pair = futures[fut]
+                try:
+                    rec = fut.result()
+                    records.append(rec)
+                    nbytes += len(rec.image_png) + len(rec.mask_png)
+                except DataError as err:
+                    problems.append(Problem(pair.image or pair.id, str(err)))
+                bar.update(task, advance=1, rate=_rate(len(records) + len(problems), nbytes, start, "pairs"))
+    problems.sort(key=lambda p: p.file)
+    records.sort(key=lambda r: r.pair.id)
+    total = len(pairs) + sum(1 for p in problems if "mask has no image" in p.reason)
+    if problems and progress:
+        console.print(problems_table(problems, f"{len(problems)} invalid pair(s) in {src_loc.uri}"))
+    if problems and not cfg.skip_invalid:
+        raise _problems_error(problems, src_loc.uri, total)
+    if not records:
+        raise DataError(f"no valid pairs in {src_loc.uri} ({len(problems)} invalid); nothing to write")
+
+    if cfg.split_column:
+        split_of = {r.pair.id: r.pair.split or "train" for r in records}
+    else:
+        split_of = assign_splits([r.pair.id for r in records], cfg.split, cfg.seed)
+    for r in records:
+        r.split = split_of[r.pair.id]
+
+    check_writable(dest_loc) if dest_loc.is_s3 else dest_loc.mkdir()
+    token = uuid.uuid4().hex[:12]
+    version = f"data-{token}"
+    staging = dest_loc.join(version if dest_loc.is_s3 else f".tmp-{token}")
+    with _progress(console, progress) as bar:
+        files = _write_shards(records, staging, cfg.rows_per_shard, bar)
+    manifest = _manifest(records, problems, files, names, cfg, src_loc, version)
+    _commit(dest_loc, staging, version, manifest)
+    manifest["uri"] = dest_loc.uri
+    if progress:
+        console.print(summary_table(manifest))
+    return manifest
+
+
+def _manifest(records: list[Record], problems: list[Problem], files: dict[str, list[str]], names: list[str],
+              cfg: IngestConfig, src: Location, version: str) -> dict[str, Any]:
+    counts = np.sum([r.class_counts for r in records], axis=0).astype(np.int64)
+    total_px = int(counts.sum())
+    chans = max(r.channels for r in records)
+    train = [r for r in records if r.split == "train"] or records
+    s = np.zeros(chans)
+    ss = np.zeros(chans)
+    n_px = 0
+    for r in train:
+        rs, rss = r.pix_sum, r.pix_sqsum
+        if r.channels != chans:
+            rs, rss = np.repeat(rs, chans), np.repeat(rss, chans)
+        s += rs
+        ss += rss
+        n_px += r.height * r.width
+    mean = s / max(n_px, 1)
+    std = np.sqrt(np.maximum(ss / max(n_px, 1) - mean * mean, 0.0))
+    fp = hashlib.sha256(json.dumps({"mask_mode": cfg.mask_mode, "class_names": names}, sort_keys=True).encode())
+    for r in records:
+        fp.update(r.digest.encode())
+    heights, widths = [r.height for r in records], [r.width for r in records]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "format": "unet-dist/parquet",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": src.uri,
+        "mask_mode": cfg.mask_mode,
+        "class_names": names,
+        "num_classes": len(names),
+        "channels": chans,
+        "bit_depths": sorted({r.bit_depth for r in records}),
+        "fingerprint": fp.hexdigest(),
+        "counts": {**{sp: sum(1 for r in records if r.split == sp) for sp in SPLITS}, "total": len(records)},
+        "splits": {sp: {"count": sum(1 for r in records if r.split == sp),
+                        "pixels": int(sum(r.height * r.width for r in records if r.split == sp)),
+                        "files": [f"{version}/{f}" for f in files[sp]]} for sp in SPLITS},
+        "split_by": f"column:{cfg.split_column}" if cfg.split_column else {"ratios": list(cfg.split), "seed": cfg.seed},
+        "class_pixel_counts": {n: int(c) for n, c in zip(names, counts)},
+        "class_pixel_freq": {n: (float(c) / total_px if total_px else 0.0) for n, c in zip(names, counts)},
+        "image_stats": {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "channels": chans,
+                        "units": "pixel / (255 or 65535 for 16-bit)", "computed_on": "train" if train is not records else "all"},
+        "image_size": {"min_hw": [min(heights), min(widths)], "max_hw": [max(heights), max(widths)]},
+        "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
+        "rows_per_shard": cfg.rows_per_shard,
+        "parquet_columns": PARQUET_SCHEMA.names,
+    }
+
+
+def _commit(dest: Location, staging: Location, version: str, manifest: dict[str, Any]) -> None:
+    """Put shards in place, write dataset.json (the commit point), then drop the previous version and stale temps.
+
+    Locally shards are renamed from ``.tmp-<id>`` (atomic); on S3, where a rename is a copy, they are written
+    straight to ``data-<id>/``, which nothing references until the manifest lands.
+    """
+    if staging.name != version:
+        os.replace(staging.path, dest.join(version).path)
+    dest.join(MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    for child in dest.ls():
+        if (child.name.startswith("data-") and child.name != version) or child.name.startswith(".tmp-"):
+            child.rm(recursive=True)
+
+
+def dataset_exists(uri: str, storage: StorageConfig | None = None) -> bool:
+    """True when a complete dataset (its dataset.json) is at ``uri``."""
+    return resolve(uri, storage).join(MANIFEST).exists()
+
+
+def read_manifest(uri: str, storage: StorageConfig | None = None) -> dict[str, Any]:
+    """The manifest of a complete dataset at ``uri`` (plus ``uri``); DataError if none is there."""
+    loc = resolve(uri, storage)
+    path = loc.join(MANIFEST)
+    if not path.exists():
+        leftovers = [c.name for c in loc.ls() if c.name.startswith((".tmp-", "data-"))] if loc.exists() else []
+        if leftovers:
+            raise DataError(f"no complete dataset at {loc.uri}: dataset.json is missing (an ingest was interrupted); "
+                            f"re-run `unet-dist ingest SRC {loc.uri}`")
+        raise DataError(f"no dataset at {loc.uri}: dataset.json not found; create one with `unet-dist ingest SRC {loc.uri}`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path.uri} is not valid JSON ({err}); re-run ingest") from None
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DataError(f"{path.uri} has schema_version {version!r}; this unet-dist reads {SCHEMA_VERSION}: re-run ingest")
+    manifest["uri"] = loc.uri
+    return manifest
+
+
+def split_paths(manifest: dict[str, Any], split: str, storage: StorageConfig | None = None) -> tuple[list[str], Any]:
+    """``(paths, pyarrow filesystem)`` of one split's Parquet shards, for ``ray.data.read_parquet``/``pq.read_table``."""
+    loc = resolve(manifest["uri"], storage)
+    return [loc.join(f).path for f in manifest["splits"][split]["files"]], loc.arrow
+
+
+def summary_table(manifest: dict[str, Any]) -> Table:
+    """The final ingest summary: splits, classes with pixel frequencies, sizes, stats, skipped pairs."""
+    table = Table(title=f"dataset {manifest.get('uri', '')}".strip(), show_header=True)
+    table.add_column("item")
+    table.add_column("value", overflow="fold")
+    counts = manifest["counts"]
+    table.add_row("pairs", f"{counts['total']} (train {counts['train']}, val {counts['val']}, test {counts['test']})")
+    table.add_row("mask mode", manifest["mask_mode"])
+    for name, freq in manifest["class_pixel_freq"].items():
+        table.add_row(f"class {name}", f"{freq:.2%} of pixels")
+    size = manifest["image_size"]
+    table.add_row("image size", f"{size['min_hw'][0]}x{size['min_hw'][1]} .. {size['max_hw'][0]}x{size['max_hw'][1]}, "
+                                f"{manifest['channels']} ch, {'/'.join(str(b) for b in manifest['bit_depths'])}-bit")
+    stats = manifest["image_stats"]
+    table.add_row("mean / std", ", ".join(f"{m:.4f}/{s:.4f}" for m, s in zip(stats["mean"], stats["std"])))
+    table.add_row("fingerprint", manifest["fingerprint"][:16])
+    table.add_row("skipped", str(len(manifest["skipped"])))
+    return table

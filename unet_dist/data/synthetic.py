@@ -1,0 +1,120 @@
+"""Deterministic synthetic segmentation data: textured blobs on noisy backgrounds.
+
+Written in the same layout as real data (``images/*.png``, ``masks/*.png``, paired by stem), so it goes
+through the normal ingest. It is the embedded default for ``make demo`` and fast tests, and is easy
+enough that a small U-Net reaches a high IoU within a few epochs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import numpy as np
+
+from unet_dist.config import IngestConfig, StorageConfig
+from unet_dist.data.codec import encode_png
+from unet_dist.storage import resolve
+
+SyntheticMode = Literal["binary", "multiclass"]
+
+CLASS_NAMES: dict[str, list[str]] = {
+    "binary": ["background", "blob"],
+    "multiclass": ["background", "bright_blob", "striped_blob"],
+}
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [0, 1]: a coarse random grid upsampled bilinearly."""
+    grid = rng.random((cells + 1, cells + 1))
+    t = np.linspace(0, cells, size)
+    i = np.minimum(t.astype(int), cells - 1)
+    f = t - i
+    rows = grid[i] * (1 - f)[:, None] + grid[i + 1] * f[:, None]
+    return rows[:, i] * (1 - f)[None, :] + rows[:, i + 1] * f[None, :]
+
+
+def sample(rng: np.random.Generator, size: int, mode: SyntheticMode = "binary", channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """One ``(image H x W x C uint8, mask H x W uint8)`` pair drawn from ``rng``."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    mask = np.zeros((size, size), np.uint8)
+    n_blobs = int(rng.integers(2, 6))
+    for _ in range(n_blobs):
+        cy, cx = rng.uniform(0.1, 0.9, 2) * size
+        ry, rx = rng.uniform(0.06, 0.18, 2) * size
+        theta = rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (dx * np.cos(theta) + dy * np.sin(theta)) / rx
+        v = (-dx * np.sin(theta) + dy * np.cos(theta)) / ry
+        cls = 1 if mode == "binary" else int(rng.integers(1, 3))
+        mask[u * u + v * v <= 1.0] = cls
+    background = 0.30 + 0.12 * _smooth_noise(rng, size, 4)
+    freq = rng.uniform(0.35, 0.6)
+    stripes = 0.5 + 0.5 * np.sin(freq * (xx + yy))
+    texture = 0.5 + 0.5 * np.sin(0.9 * xx) * np.sin(0.9 * yy)
+    img = background.copy()
+    img[mask == 1] = 0.62 + 0.10 * texture[mask == 1]
+    if mode == "multiclass":
+        img[mask == 2] = 0.45 + 0.35 * stripes[mask == 2]
+    img = img + rng.normal(0.0, 0.05, img.shape)
+    img = np.clip(img, 0, 1)
+    out = np.repeat(img[..., None], channels, axis=2)
+    if channels == 3:
+        tint = rng.uniform(0.85, 1.15, 3)
+        out = np.clip(out * tint, 0, 1)
+    return (out * 255).round().astype(np.uint8), mask
+
+
+def generate(
+    dest: str,
+    n: int = 32,
+    size: int = 128,
+    mode: SyntheticMode = "binary",
+    seed: int = 0,
+    channels: int = 1,
+    storage: StorageConfig | None = None,
+) -> str:
+    """Write ``n`` synthetic pairs to ``dest/images/synthetic-NNNN.png`` and ``dest/masks/...``; returns dest's URI.
+
+    Same arguments give byte-identical files. Masks hold class ids (binary: 0/1).
+    """
+    if mode not in CLASS_NAMES:
+        raise ValueError(f"synthetic mode must be one of {sorted(CLASS_NAMES)}, got {mode!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"synthetic channels must be 1 or 3, got {channels}")
+    root = resolve(dest, storage)
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        image, mask = sample(rng, size, mode, channels)
+        stem = f"synthetic-{i:04d}"
+        root.join("images", f"{stem}.png").write_bytes(encode_png(image))
+        root.join("masks", f"{stem}.png").write_bytes(encode_png(mask))
+    info = {"generator": "unet_dist.data.synthetic", "n": n, "size": size, "mode": mode, "seed": seed,
+            "channels": channels, "class_names": CLASS_NAMES[mode]}
+    root.join("SYNTHETIC.json").write_text(json.dumps(info, indent=2) + "\n")
+    return root.uri
+
+
+def ingest_config(mode: SyntheticMode = "binary", **overrides: object) -> IngestConfig:
+    """The IngestConfig matching synthetic data of ``mode``."""
+    return IngestConfig(mask_mode="binary" if mode == "binary" else "multiclass", class_names=CLASS_NAMES[mode], **overrides)
+
+
+def demo_dataset(
+    root: str,
+    n: int = 32,
+    size: int = 128,
+    mode: SyntheticMode = "binary",
+    seed: int = 0,
+    storage: StorageConfig | None = None,
+    progress: bool = False,
+) -> str:
+    """Generate and ingest a synthetic set under ``root`` (``raw/`` and ``dataset/``) unless one is there; returns the dataset URI."""
+    from unet_dist.data.ingest import dataset_exists, ingest
+
+    base = resolve(root, storage)
+    ds = base.join("dataset")
+    if not dataset_exists(ds.uri, storage):
+        raw = generate(base.join("raw").uri, n=n, size=size, mode=mode, seed=seed, storage=storage)
+        ingest(raw, ds.uri, ingest_config(mode, seed=seed), storage=storage, progress=progress)
+    return ds.uri

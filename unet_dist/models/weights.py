@@ -1,0 +1,115 @@
+"""Pretrained encoder weights: torchvision weights names or a state-dict file (local or s3://).
+
+``model.weights`` is either a torchvision weights name ("DEFAULT", "IMAGENET1K_V1",
+"ResNet34_Weights.IMAGENET1K_V1"), resolved through torchvision's weights enums and downloaded
+only when a model is built with it, or the URI of a ``torch.save``d state dict: an encoder's,
+a full torchvision model's (classifier/fc keys are ignored) or a whole U-Net's (``encoder.*``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torchvision.models import WeightsEnum, get_model_weights, get_weight
+
+from unet_dist.config import StorageConfig
+from unet_dist.errors import ConfigError, StorageError
+from unet_dist.models.blocks import Encoder
+from unet_dist.storage import resolve
+
+_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
+
+
+def is_weights_file(ref: str) -> bool:
+    """A URI, a path with a separator or a torch file suffix, or an existing local file."""
+    return "://" in ref or "/" in ref or os.sep in ref or ref.endswith(_FILE_SUFFIXES) or Path(ref).is_file()
+
+
+def torchvision_weights(model_name: str, name: str) -> WeightsEnum:
+    """Resolve ``name`` to a member of ``model_name``'s torchvision weights enum, without downloading."""
+    try:
+        enum = get_model_weights(model_name)
+    except ValueError:
+        raise ConfigError(f"model.weights: backbone {model_name!r} has no torchvision weights; "
+                          f"pass a state-dict file (local path or s3://) instead") from None
+    choices = ", ".join(["DEFAULT", *enum.__members__])
+    if "." in name:
+        try:
+            weight = get_weight(name)
+        except (ValueError, KeyError, AttributeError):
+            raise ConfigError(f"model.weights: unknown torchvision weights {name!r}; for {model_name} choose one of: "
+                              f"{choices} (or a state-dict file)") from None
+        if type(weight) is not enum:
+            raise ConfigError(f"model.weights: {name} are weights for another model, not {model_name}; "
+                              f"choose one of: {choices}")
+        return weight
+    if name == "DEFAULT":
+        return enum.DEFAULT
+    if name not in enum.__members__:
+        raise ConfigError(f"model.weights: {name!r} is neither a torchvision weights name for {model_name} "
+                          f"(choose one of: {choices}) nor a state-dict file")
+    return enum[name]
+
+
+def read_state_dict(uri: str, storage: StorageConfig | None = None) -> dict[str, torch.Tensor]:
+    """Load a state dict from a local path or s3:// URI (``weights_only=True``), unwrapping {"model": ...}."""
+    try:
+        data = resolve(uri, storage).read_bytes()
+    except StorageError as err:
+        raise ConfigError(f"model.weights: cannot read weights file {uri!r}: {err}") from None
+    try:
+        obj: Any = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"model.weights: {uri!r} is not a torch state-dict file loadable with weights_only=True "
+                          f"({type(err).__name__}); save one with torch.save(model.state_dict(), path)") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(f"model.weights: {uri!r} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def adapt_input_conv(in_channels: int, weight: torch.Tensor) -> torch.Tensor:
+    """Fit an RGB stem conv to ``in_channels`` inputs (timm's rule): sum for 1, else tile and rescale."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_channels // weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+def load_encoder_weights(encoder: Encoder, weights: str, storage: StorageConfig | None = None) -> None:
+    """Load ``weights`` (torchvision name or state-dict URI) into ``encoder``, strictly.
+
+    Raises ConfigError naming the source when keys are missing, unexpected or differently shaped.
+    """
+    if is_weights_file(weights):
+        source, state = weights, read_state_dict(weights, storage)
+    else:
+        if encoder.torchvision_name is None:
+            raise ConfigError(f"model.weights: backbone {encoder.name!r} has no torchvision weights; "
+                              f"pass a state-dict file (local path or s3://) instead of {weights!r}")
+        enum = torchvision_weights(encoder.torchvision_name, weights)
+        source, state = str(enum), enum.get_state_dict(progress=False, check_hash=True)
+    if any(k.startswith("encoder.") for k in state):
+        state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    own = encoder.state_dict()
+    stem = encoder.stem_key
+    if stem and stem in state and state[stem].ndim == 4 and state[stem].shape[1] != own[stem].shape[1]:
+        state[stem] = adapt_input_conv(own[stem].shape[1], state[stem])
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own and k not in encoder.foreign_keys]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    problems = [f"{label} ({len(keys)}): {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+                for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                    ("shape mismatch file vs model", shapes)) if keys]
+    if problems:
+        raise ConfigError(f"model.weights: {source!r} does not fit backbone {encoder.name!r} "
+                          f"(depth/in_channels as configured): " + "; ".join(problems)
+                          + f"; use weights saved from a {encoder.name} encoder or torchvision model")
+    encoder.load_state_dict({k: state.get(k, v) for k, v in own.items()}, strict=True)
