@@ -134,18 +134,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+SUMMARY_FIELDS = ("run_dir", "epochs", "best_val_iou", "best_epoch", "best_checkpoint", "metrics_file", "tensorboard_dir", "duration_s")
+
+
 def _print_summary(summary: Any, as_json: bool) -> None:
-    payload = summary.to_json() if hasattr(summary, "to_json") else json.dumps(summary)
+    """One JSON line with --json; otherwise the fields a user looks for, paths printed whole."""
     if as_json:
-        print(payload if isinstance(payload, str) else json.dumps(payload))
+        print(summary.to_json())
         return
-    data = json.loads(payload) if isinstance(payload, str) else payload
-    table = Table(title="training finished")
-    table.add_column("")
-    table.add_column("")
-    for k, v in data.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    data = json.loads(summary.to_json())
+    console.print()
+    console.rule(f"[bold green]training finished[/]: {data['name']}")
+    for key in SUMMARY_FIELDS:
+        value = data.get(key)
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        console.print(f"  [bold]{key:<16}[/] {shown}", highlight=False, soft_wrap=True)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from unet_dist.train.evaluate import evaluate
+
+    cfg = load_config(args.config, args.overrides)
+    out = evaluate(args.checkpoint, split=args.split, dataset=args.data, storage=cfg.storage)
+    if args.json:
+        print(json.dumps(out, default=str))
+        return 0
+    console.print(f"[bold]{args.checkpoint}[/] (epoch {out.get('epoch')}) on the {args.split} split", highlight=False, soft_wrap=True)
+    table = Table()
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    table.add_column("Dice", justify="right")
+    for name, iou in out["per_class_iou"].items():
+        dice = out["per_class_dice"][name]
+        table.add_row(name, "-" if iou is None else f"{iou:.4f}", "-" if dice is None else f"{dice:.4f}")
+    table.add_row("[bold]mean[/]", f"{out['mean_iou']:.4f}", f"{out['mean_dice']:.4f}")
     console.print(table)
+    console.print(f"foreground IoU {out['iou']:.4f} · pixel accuracy {out['pixel_acc']:.4f} · loss {out['loss']:.4f}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -222,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
             "writes per-epoch metrics, TensorBoard logs and checkpoints to storage, and resumes after failures.")
     p.add_argument("--data", help="URI of an ingested dataset (from `unet-dist ingest`)")
     train_flags(p)
+
+    p = add("evaluate", cmd_evaluate, "evaluate a checkpoint on a split of an ingested dataset",
+            "Recomputes per-class IoU, Dice, pixel accuracy and loss of CHECKPOINT (local or s3://) on one split, "
+            "with the model and data settings stored in the checkpoint.")
+    p.add_argument("checkpoint", help="checkpoint dir or state.pt (local path or s3://)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--data", help="dataset URI (default: the one the checkpoint was trained on)")
+    p.add_argument("--json", action="store_true", help="one JSON line")
+    _config_args(p)
 
     p = add("demo", cmd_demo, "end-to-end demo: synthetic (or --data) images -> ingest -> 2-worker training",
             "Runs the whole product on a local Ray: generates a SYNTHETIC data set (or uses --data FOLDER with "

@@ -85,15 +85,16 @@ def _dataset_uri(cfg: DataConfig) -> str:
     return cfg.dataset
 
 
-def build_datasets(cfg: DataConfig, storage: StorageConfig | None, in_channels: int) -> dict[str, "ray.data.Dataset"]:
-    """``{"train", "val"}`` Ray Datasets of encoded rows read from ``cfg.dataset`` (local or S3)."""
+def build_datasets(cfg: DataConfig, storage: StorageConfig | None, in_channels: int,
+                   splits: tuple[str, ...] = ("train", "val")) -> dict[str, "ray.data.Dataset"]:
+    """Ray Datasets of encoded rows read from ``cfg.dataset`` (local or S3), one per split in ``splits``."""
     import ray.data
 
     manifest = read_manifest(_dataset_uri(cfg), storage)
     if in_channels not in (1, 3) and manifest["channels"] != in_channels:
         raise ConfigError(f"model.in_channels={in_channels}: dataset {manifest['uri']} has {manifest['channels']}-channel images; use 1 or 3")
     out: dict[str, ray.data.Dataset] = {}
-    for split in ("train", "val"):
+    for split in splits:
         paths, fs = split_paths(manifest, split, storage)
         if not paths:
             raise DataError(f"dataset {manifest['uri']} has no {split} images; re-ingest with a non-zero {split} share in ingest.split")

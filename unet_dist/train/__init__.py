@@ -1,0 +1,17 @@
+"""Distributed training on Ray Train: ``fit(cfg) -> TrainSummary`` and its building blocks.
+
+Evaluate a stored checkpoint with :func:`unet_dist.train.evaluate.evaluate`.
+"""
+
+from unet_dist.train.checkpoint import load_checkpoint, save_checkpoint
+from unet_dist.train.losses import create_loss, list_losses, register_loss
+from unet_dist.train.optim import create_optimizer, create_scheduler, list_optimizers, list_schedulers, register_optimizer, register_scheduler
+from unet_dist.train.trainer import TrainingFailed, TrainSummary, fit
+
+__all__ = [
+    "fit", "TrainSummary", "TrainingFailed",
+    "create_loss", "list_losses", "register_loss",
+    "create_optimizer", "create_scheduler", "list_optimizers", "list_schedulers", "register_optimizer", "register_scheduler",
+    "load_checkpoint", "save_checkpoint",
+]
+

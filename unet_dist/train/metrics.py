@@ -62,3 +62,44 @@ def scores(cm: torch.Tensor, class_names: list[str] | None = None) -> dict[str, 
     out["iou"] = fg
     out["dice"] = float(dice[1]) if n == 2 and present[1] else mean_dice
     return out
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over the process group in place (a no-op outside ``torch.distributed``)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+class EpochMeter:
+    """Accumulates a confusion matrix, loss sum and pixel/image counts over one epoch on one worker.
+
+    :meth:`compute` all-reduces the integer matrix and the float64 sums, so every rank returns the
+    same, exact, global metrics.
+    """
+
+    def __init__(self, num_classes: int, class_names: list[str] | None = None) -> None:
+        self.k = max(2, num_classes)
+        self.class_names = class_names
+        self.cm = torch.zeros(self.k, self.k, dtype=torch.int64)
+        self.sums = torch.zeros(3, dtype=torch.float64)  # loss * batch, batches' images, loss count
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: float | None = None) -> None:
+        pred = predict_labels(logits.detach().float()).cpu()
+        self.cm += confusion_matrix(pred, target.cpu(), self.k)
+        n = target.shape[0]
+        self.sums[1] += n
+        if loss is not None:
+            self.sums[0] += float(loss) * n
+            self.sums[2] += n
+
+    def compute(self) -> dict[str, Any]:
+        cm = all_reduce_sum(self.cm.clone())
+        sums = all_reduce_sum(self.sums.clone())
+        out = scores(cm, self.class_names)
+        out["loss"] = float(sums[0] / sums[2]) if sums[2] > 0 else float("nan")
+        out["images"] = int(sums[1])
+        out["confusion_matrix"] = cm.tolist()
+        return out

@@ -1,0 +1,78 @@
+"""Checkpoint round trip with weights_only=True, completeness marker, local and S3."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from unet_dist.config import Config
+from unet_dist.storage import resolve
+from unet_dist.train import checkpoint as ckpt
+from unet_dist.train.optim import create_optimizer, create_scheduler
+
+
+def _state(epoch: int) -> dict:
+    torch.manual_seed(epoch)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    cfg = Config()
+    opt = create_optimizer(model.parameters(), cfg.train)
+    sched = create_scheduler(opt, cfg.train, 4)
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    opt.step()
+    sched.step()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": {},
+            "epoch": epoch, "config": cfg.to_dict(), "fingerprint": "abc123", "metrics": {"val_iou": 0.5}}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["epoch"] == b["epoch"] and a["config"] == b["config"] and a["fingerprint"] == b["fingerprint"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k])
+    assert a["scheduler"] == b["scheduler"]
+    for k, v in a["optimizer"]["state"][0].items():
+        assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizer"]["state"][0][k]))
+
+
+def _upload(local, dest) -> None:
+    for f in local.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+
+
+def test_round_trip_local(tmp_path) -> None:
+    state = _state(3)
+    d = ckpt.save_checkpoint(tmp_path / "epoch_0003", state)
+    assert json.loads((d / ckpt.MARKER_FILE).read_text())["epoch"] == 3
+    loaded = ckpt.load_checkpoint(str(d))
+    _assert_same(state, loaded)
+    torch.load(d / ckpt.STATE_FILE, weights_only=True)
+    assert "secret" not in json.dumps(loaded["config"])
+
+
+def test_incomplete_checkpoints_are_skipped(tmp_path) -> None:
+    for e in (0, 1, 2):
+        ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_dir_name(e), _state(e))
+    (tmp_path / "epoch_0002" / ckpt.MARKER_FILE).unlink()
+    with open(tmp_path / "epoch_0001" / ckpt.STATE_FILE, "ab") as f:
+        f.write(b"torn")
+    found = ckpt.complete_checkpoints(resolve(tmp_path))
+    assert [e for e, _ in found] == [0]
+
+
+@pytest.mark.s3
+def test_round_trip_s3(tmp_path, s3_uri) -> None:
+    state = _state(1)
+    local = ckpt.save_checkpoint(tmp_path / "c", state)
+    run = resolve(s3_uri)
+    _upload(local, run / "epoch_0001")
+    (run / "epoch_0000").join(ckpt.STATE_FILE).write_bytes(b"partial upload, no marker")
+    assert [e for e, _ in ckpt.complete_checkpoints(run)] == [1]
+    _assert_same(state, ckpt.load_checkpoint(f"{s3_uri}/epoch_0001"))
+
+
+def test_missing_checkpoint_is_user_error(tmp_path) -> None:
+    from unet_dist.errors import StorageError
+
+    with pytest.raises(StorageError, match="no checkpoint"):
+        ckpt.load_checkpoint(str(tmp_path / "nope"))

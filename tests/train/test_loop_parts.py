@@ -1,0 +1,69 @@
+"""Driver/worker helpers that need no cluster: overlays, the fault hook spec, run files, the job entrypoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from unet_dist.config import load_config
+from unet_dist.storage import resolve
+from unet_dist.train.loop import Fault, RunFiles, overlay
+from unet_dist.train.trainer import TrainSummary, steps_per_epoch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_overlay_colours_tp_fp_fn() -> None:
+    image = torch.zeros(1, 2, 2)
+    pred = torch.tensor([[1, 1], [0, 0]])
+    target = torch.tensor([[1, 0], [1, -1]])
+    rgb = overlay(image, pred, target)
+    assert rgb.shape == (3, 2, 2)
+    assert rgb[:, 0, 0].tolist() == [0, 1, 0]  # true positive: green
+    assert rgb[:, 0, 1].tolist() == [1, 0, 0]  # false positive: red
+    assert rgb[:, 1, 0].tolist() == [0, 0, 1]  # false negative: blue
+    assert rgb[:, 1, 1].tolist() == [0, 0, 0]  # ignored: the (black) image
+
+
+def test_fault_spec_parses_and_matches_only_its_step() -> None:
+    f = Fault.parse("rank=1,epoch=2,step=3")
+    assert f == Fault(1, 2, 3) and Fault.parse("") is None
+    f.maybe_die(resolve("/nonexistent-unused"), rank=0, epoch=2, step=3)  # another rank: returns
+
+
+def test_run_files_truncate_and_append(tmp_path) -> None:
+    files = RunFiles(resolve(tmp_path))
+    for e in range(4):
+        files.append("metrics.jsonl", {"epoch": e})
+    files.truncate_metrics(2)
+    assert [r["epoch"] for r in files.read_lines("metrics.jsonl")] == [0, 1]
+
+
+@pytest.mark.parametrize("rows,world,crops,batch,expected", [(8, 2, 1, 2, 2), (9, 2, 4, 4, 5), (1, 4, 1, 8, 1)])
+def test_steps_per_epoch(rows: int, world: int, crops: int, batch: int, expected: int) -> None:
+    cfg = load_config(None, [f"data.num_crops_per_image={crops}", f"data.batch_size={batch}"])
+    assert steps_per_epoch(rows, cfg, world) == expected
+
+
+def test_summary_json_round_trip() -> None:
+    import json
+
+    s = TrainSummary(name="r", run_dir="s3://b/r", epochs=2, best_val_iou=0.5, best_epoch=1,
+                     best_checkpoint="s3://b/r/epoch_0001", last_checkpoint="s3://b/r/epoch_0001", num_workers=(1, 2))
+    assert json.loads(s.to_json())["best_checkpoint"] == "s3://b/r/epoch_0001"
+
+
+def test_job_entrypoint_user_error_is_one_line_exit_2(tmp_path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epochs: 1\n")
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(cfg), "--set", f"storage.uri={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "data.dataset" in proc.stderr
+    proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(tmp_path / "missing.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not found" in proc.stderr
