@@ -27,7 +27,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/pipeline.py
-	$(PY) bench/train_overhead.py
+	$(PY) bench/train_overhead.py --steps 20 --repeats 5
 
 clean:
 	rm -rf runs demo-runs .pytest_cache

@@ -134,7 +134,7 @@ def main() -> int:
     import ray
 
     tmp = tempfile.mkdtemp(prefix="urb")
-    ray.init(num_cpus=ns.threads, include_dashboard=False, configure_logging=False, _temp_dir=tmp,
+    ray.init(num_cpus=ns.threads, configure_logging=False, _temp_dir=tmp,
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     samples: dict[str, list[dict[str, float]]] = {"plain_1x2": [], "ray_1x2": [], "ray_2x1": []}
     flops_samples: list[float] = []

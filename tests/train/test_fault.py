@@ -20,7 +20,6 @@ def _rows(run_uri: str, name: str) -> list[dict]:
     return [json.loads(line) for line in resolve(run_uri).join(name).read_text().splitlines()]
 
 
-@pytest.mark.slow
 @pytest.mark.ray
 def test_worker_crash_resumes_without_retraining(ray_local, synthetic_dataset, tmp_path, monkeypatch) -> None:
     base = ("data.crop_size=64", f"train.epochs={EPOCHS}", "train.seed=7", "train.max_failures=2")
@@ -48,7 +47,6 @@ def test_worker_crash_resumes_without_retraining(ray_local, synthetic_dataset, t
     assert crashed.best_val_iou == pytest.approx(reference.best_val_iou, abs=1e-6)
 
 
-@pytest.mark.slow
 @pytest.mark.ray
 def test_resume_from_checkpoint_uri_starts_from_its_weights(ray_local, synthetic_dataset, tmp_path) -> None:
     common = ("data.crop_size=64", "resources.num_workers=1", "train.warmup_epochs=0")

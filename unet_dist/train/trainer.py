@@ -22,8 +22,14 @@ from unet_dist.storage import Location, check_writable, ray_storage, resolve
 from unet_dist.train.loop import FAULT_ENV, METRICS_FILE, PROGRESS_FILE, RunFiles, quiet_ray_logs, train_loop_per_worker
 
 
-class TrainingFailed(RuntimeError):
-    """The run ended in failure after its retries; the message names the run and how to resume it."""
+class TrainingFailed(UserError):
+    """The run ended in failure after its retries; the message names the run and how to resume it.
+
+    A user-facing error (one line, no traceback): the cause is the cluster or the data, and the run's
+    checkpoints on storage are intact for a resume.
+    """
+
+    exit_code = 1
 
 
 @dataclass
@@ -62,7 +68,6 @@ def _connect(cfg: Config, quiet: bool = False) -> bool:
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(cfg.train.worker_start_timeout_s))
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     address = cfg.resources.address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -140,6 +145,8 @@ def fit(cfg: Config, *, console: Any = None, progress: bool = True) -> TrainSumm
     check_writable(storage)
     name = cfg.train.name or new_run_name()
     run = storage / name
+    # Ray Train propagates this from the driver to its controller at fit() time, on any cluster.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.train.worker_start_timeout_s)
     started = _connect(cfg, quiet=progress)
     quiet_ray_logs()
     try:
