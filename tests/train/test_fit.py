@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-from conftest import small_config  # tests/train/conftest.py
 from unet_dist.storage import resolve
 from unet_dist.train import checkpoint as ckpt
 from unet_dist.train import fit
@@ -20,7 +19,7 @@ ISBI_MIN_VAL_IOU = 0.85  # foreground (cell interior) IoU; predicting all-foregr
 
 @pytest.mark.ray
 @pytest.mark.s3
-def test_two_workers_isbi_on_s3_reaches_iou_and_reloads(ray_local, s3_uri, isbi_small_dir, tmp_path) -> None:
+def test_two_workers_isbi_on_s3_reaches_iou_and_reloads(small_config, ray_local, s3_uri, isbi_small_dir, tmp_path) -> None:
     from unet_dist.data.ingest import ingest
     from unet_dist.config import IngestConfig
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import small_config  # tests/train/conftest.py
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def three_node_cluster(ray_tmpdir):
 
 
 @pytest.mark.ray
-def test_two_workers_spread_over_two_nodes(three_node_cluster, synthetic_dataset, tmp_path):
+def test_two_workers_spread_over_two_nodes(small_config, three_node_cluster, synthetic_dataset, tmp_path):
     from unet_dist.train import fit
 
     _, worker_nodes = three_node_cluster
@@ -64,7 +63,7 @@ def _remove_node_after_first_epoch(cluster, node, run_root: Path) -> threading.T
 
 
 @pytest.mark.ray
-def test_lost_node_ends_in_clear_error_not_endless_retries(three_node_cluster, synthetic_dataset, tmp_path):
+def test_lost_node_ends_in_clear_error_not_endless_retries(small_config, three_node_cluster, synthetic_dataset, tmp_path):
     from unet_dist.train import TrainingFailed, fit
 
     cluster, _ = three_node_cluster
@@ -85,7 +84,7 @@ def test_lost_node_ends_in_clear_error_not_endless_retries(three_node_cluster, s
 
 
 @pytest.mark.ray
-def test_elastic_run_continues_on_fewer_workers(three_node_cluster, synthetic_dataset, tmp_path):
+def test_elastic_run_continues_on_fewer_workers(small_config, three_node_cluster, synthetic_dataset, tmp_path):
     from unet_dist.train import fit
 
     cluster, _ = three_node_cluster
