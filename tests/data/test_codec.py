@@ -10,7 +10,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from unet_dist.data.codec import decode_image, decode_mask, encode_png, to_model_input
+from unet_dist.data.codec import decode_image, decode_mask, encode_lossless, encode_png, to_model_input
 from unet_dist.errors import DataError
 
 
@@ -29,6 +29,17 @@ def test_encode_png_round_trips_losslessly(arr):
     out = decode_image(encode_png(arr))
     assert out.dtype == arr.dtype
     np.testing.assert_array_equal(out, arr.reshape(8, 8, -1))
+
+
+def test_encode_lossless_keeps_16_bit_rgb():
+    rgb16 = np.random.default_rng(2).integers(0, 65536, (7, 5, 3), dtype=np.uint16)
+    with pytest.raises(DataError, match="16-bit RGB"):
+        encode_png(rgb16)
+    out = decode_image(encode_lossless(rgb16))
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, rgb16)
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    assert encode_lossless(gray) == encode_png(gray)
 
 
 def test_decode_rgba_drops_alpha_and_tiff16_keeps_depth():

@@ -104,12 +104,16 @@ def _bad_set(root: Path) -> dict[str, str | None]:
     buf = io.BytesIO()
     tifffile.imwrite(buf, rng.integers(0, 65536, (32, 32), dtype=np.uint16))
     put("tiff16.tif", buf.getvalue(), _png(binmask(32, 32)))
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, rng.integers(0, 65536, (32, 32, 3), dtype=np.uint16), photometric="rgb")
+    put("rgb16.tiff", buf.getvalue(), _png(binmask(32, 32)))
     trunc = _png(gray(32, 32))
     put("truncated.png", trunc[: len(trunc) // 2], _png(binmask(32, 32)))
     put("mismatch.png", _png(gray(32, 32)), _png(binmask(30, 32)))
     put("nomask.png", _png(gray(32, 32)), None)
     put("badmask.png", _png(gray(32, 32)), b"not an image at all", "badmask.png")
     return {"good0": None, "good1": None, "good2": None, "mixed": None, "rgba": None, "inst16": None, "tiff16": None,
+            "rgb16": None,
             "truncated": "cannot decode", "mismatch": "size mismatch", "nomask": "mask is missing", "badmask": "mask badmask.png"}
 
 
@@ -146,6 +150,9 @@ def test_skip_invalid_writes_exactly_the_valid_pairs(tmp_path):
     tif = decode_image(rows["tiff16"]["image"])
     assert tif.dtype == np.uint16 and rows["tiff16"]["bit_depth"] == 16
     np.testing.assert_array_equal(tif[..., 0], tifffile.imread(src / "images" / "tiff16.tif"))
+    rgb16 = decode_image(rows["rgb16"]["image"])
+    assert rgb16.dtype == np.uint16 and rows["rgb16"]["channels"] == 3
+    np.testing.assert_array_equal(rgb16, tifffile.imread(src / "images" / "rgb16.tiff"))
     assert (rows["mixed"]["height"], rows["mixed"]["width"]) == (40, 24)
     assert manifest["channels"] == 3 and manifest["bit_depths"] == [8, 16]
 

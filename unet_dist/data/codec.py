@@ -108,11 +108,11 @@ def decode_mask(source: bytes | str | os.PathLike[str]) -> np.ndarray:
 
 
 def encode_png(arr: np.ndarray) -> bytes:
-    """Lossless PNG of an ``H x W``/``H x W x C`` uint8 or uint16 array (16-bit kept; RGB must be 8-bit)."""
+    """Lossless PNG of an ``H x W``/``H x W x C`` uint8 or uint16 array (16-bit kept for gray only)."""
     a = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
     if a.dtype == np.uint16:
         if a.ndim != 2:
-            raise DataError("16-bit RGB images cannot be stored losslessly as PNG here; convert them to 8-bit or gray")
+            raise DataError("16-bit RGB cannot be stored as PNG here; use encode_lossless (zlib TIFF)")
         im = Image.fromarray(a.astype("<u2", copy=False))
     elif a.dtype == np.uint8:
         im = Image.fromarray(a)
@@ -121,6 +121,21 @@ def encode_png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def encode_lossless(arr: np.ndarray) -> bytes:
+    """PNG where PNG holds the pixels exactly; zlib TIFF for 16-bit RGB (which Pillow cannot write as PNG).
+
+    Readers need not care which: :func:`decode_image` sniffs the format.
+    """
+    a = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
+    if a.dtype == np.uint16 and a.ndim == 3:
+        import tifffile
+
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, np.ascontiguousarray(a), compression="zlib", photometric="rgb")
+        return buf.getvalue()
+    return encode_png(a)
 
 
 def pixel_scale(dtype: np.dtype | str) -> float:

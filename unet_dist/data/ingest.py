@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from unet_dist.config import IngestConfig, StorageConfig
-from unet_dist.data.codec import IMAGE_SUFFIXES, decode_image, decode_mask, encode_png, pixel_scale
+from unet_dist.data.codec import IMAGE_SUFFIXES, decode_image, decode_mask, encode_lossless, encode_png, pixel_scale
 from unet_dist.errors import ConfigError, DataError
 from unet_dist.storage import Location, check_writable, resolve
 
@@ -72,8 +72,8 @@ class Record:
     """A validated pair, re-encoded and summarised."""
 
     pair: Pair
-    image_png: bytes
-    mask_png: bytes
+    image_bytes: bytes
+    mask_bytes: bytes
     height: int
     width: int
     channels: int
@@ -250,7 +250,7 @@ def _load(pair: Pair, cfg: IngestConfig, storage: StorageConfig | None, num_clas
     for part in (pair.id.encode(), str(image.shape).encode(), str(image.dtype).encode(), image.tobytes(), labels.tobytes()):
         digest.update(part)
     return Record(
-        pair=pair, image_png=encode_png(image), mask_png=encode_png(labels), height=h, width=w, channels=c,
+        pair=pair, image_bytes=encode_lossless(image), mask_bytes=encode_png(labels), height=h, width=w, channels=c,
         bit_depth=16 if image.dtype == np.uint16 else 8, digest=digest.hexdigest(), class_counts=counts,
         pix_sum=x.sum(0), pix_sqsum=(x * x).sum(0),
     )
@@ -342,8 +342,8 @@ def _write_shards(records: list[Record], tmp: Location, rows_per_shard: int, pro
         counters[split] += 1
         table = pa.table({
             "id": [r.pair.id for r in rows],
-            "image": [r.image_png for r in rows],
-            "mask": [r.mask_png for r in rows],
+            "image": [r.image_bytes for r in rows],
+            "mask": [r.mask_bytes for r in rows],
             "height": [r.height for r in rows],
             "width": [r.width for r in rows],
             "channels": [r.channels for r in rows],
@@ -356,7 +356,7 @@ def _write_shards(records: list[Record], tmp: Location, rows_per_shard: int, pro
         tmp.join(split).mkdir()
         pq.write_table(table, target.path, filesystem=tmp.arrow, compression="none")
         files[split].append(name)
-        nbytes += sum(len(r.image_png) + len(r.mask_png) for r in rows)
+        nbytes += sum(len(r.image_bytes) + len(r.mask_bytes) for r in rows)
         progress.update(task, advance=1, rate=_rate(sum(counters.values()), nbytes, start, "shards"))
     return files
 
@@ -394,7 +394,7 @@ def ingest(
                 try:
                     rec = fut.result()
                     records.append(rec)
-                    nbytes += len(rec.image_png) + len(rec.mask_png)
+                    nbytes += len(rec.image_bytes) + len(rec.mask_bytes)
                 except DataError as err:
                     problems.append(Problem(pair.image or pair.id, str(err)))
                 bar.update(task, advance=1, rate=_rate(len(records) + len(problems), nbytes, start, "pairs"))
