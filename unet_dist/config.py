@@ -65,12 +65,12 @@ class IngestConfig(_Section):
     """Turning a folder/bucket of images and masks into a sharded Parquet dataset."""
 
     mask_mode: MaskMode = Field("binary", description="binary: 0/1 or 0/255 (other values are errors); multiclass: ids 0..C-1 (palette ok); instance: id>0 is foreground.")
-    class_names: list[str] = Field(default_factory=lambda: ["background", "foreground"])
-    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test ratios.")
+    class_names: list[str] = Field(default_factory=lambda: ["background", "foreground"], description="One name per class id (binary and instance: exactly 2).")
+    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test ratios, drawn over every pair found (valid or not), so fixing a bad file never moves others.")
     split_column: str | None = Field(None, description="Take the split from this manifest (CSV) column instead of ratios.")
-    seed: int = 0
-    skip_invalid: bool = False
-    rows_per_shard: int = Field(64, ge=1)
+    seed: int = Field(0, description="Seed of the ratio split.")
+    skip_invalid: bool = Field(False, description="Write the valid pairs and list the invalid ones in the manifest, instead of failing and writing nothing.")
+    rows_per_shard: int = Field(64, ge=1, description="Pairs per Parquet shard; ingest holds at most this many encoded pairs per split in memory.")
 
     @field_validator("split")
     @classmethod

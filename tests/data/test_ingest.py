@@ -22,6 +22,7 @@ from unet_dist.data import decode_image, decode_mask, ingest, read_manifest, spl
 from unet_dist.data.ingest import assign_splits
 from unet_dist.data.synthetic import generate, ingest_config
 from unet_dist.errors import DataError
+from unet_dist.storage import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,9 +129,41 @@ def test_bad_pairs_reported_together_and_nothing_written(tmp_path):
     for stem, fragment in bad.items():
         assert fragment in problems[stem], (stem, problems[stem])
         assert stem in str(info.value)
-    assert not dest.exists() or not any(dest.iterdir())
+    assert not dest.exists(), "a failed ingest must leave DEST as it was (absent)"
     with pytest.raises(DataError, match="no dataset"):
         read_manifest(str(dest))
+
+
+@pytest.mark.s3
+def test_failed_ingest_to_s3_leaves_no_objects(tmp_path, s3_uri):
+    """Valid pairs sort before the first bad one, so shards are written and must be discarded."""
+    _bad_set(tmp_path / "src")
+    for part in ("images", "masks"):
+        (tmp_path / "src" / part / "badmask.png").unlink()
+    with pytest.raises(DataError, match="invalid"):
+        ingest(str(tmp_path / "src"), s3_uri, IngestConfig(mask_mode="instance", rows_per_shard=1), progress=False)
+    bucket, prefix = resolve(s3_uri).path.split("/", 1)
+    listed = resolve(s3_uri).fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix + "/")
+    assert listed.get("KeyCount", 0) == 0, [o["Key"] for o in listed.get("Contents", [])]
+
+
+def test_shards_stream_and_splits_survive_fixing_a_bad_file(tmp_path):
+    raw = tmp_path / "raw"
+    generate(str(raw), n=12, size=24)
+    good = (raw / "images" / "synthetic-0005.png").read_bytes()
+    (raw / "images" / "synthetic-0005.png").write_bytes(good[: len(good) // 3])
+    first = ingest(str(raw), str(tmp_path / "a"), ingest_config("binary", rows_per_shard=2, skip_invalid=True), progress=False)
+    rows_a = _rows(first)
+    assert "synthetic-0005" not in rows_a and len(rows_a) == 11
+    for split in ("train", "val", "test"):
+        paths, fs = split_paths(first, split)
+        sizes = [pq.read_metadata(p, filesystem=fs).num_rows for p in paths]
+        assert all(n <= 2 for n in sizes) and sum(sizes) == first["counts"][split]
+
+    (raw / "images" / "synthetic-0005.png").write_bytes(good)
+    fixed = _rows(ingest(str(raw), str(tmp_path / "b"), ingest_config("binary", rows_per_shard=2), progress=False))
+    assert len(fixed) == 12
+    assert {k: r["split"] for k, r in rows_a.items()} == {k: r["split"] for k, r in fixed.items() if k != "synthetic-0005"}
 
 
 def test_skip_invalid_writes_exactly_the_valid_pairs(tmp_path):

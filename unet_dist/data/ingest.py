@@ -5,8 +5,9 @@ Layout at DEST::
     dataset.json                         # written LAST: a dataset exists only if this file does
     data-<id>/{train,val,test}/part-NNNN.parquet
 
-Shards are written under ``DEST/.tmp-<id>/`` (renamed to ``DEST/data-<id>/``; on S3 written there directly)
-and the manifest is committed last, so an interrupted ingest leaves nothing that loads, and re-ingesting replaces the previous
+Pairs are validated in id order and streamed into shards as they fill (memory is bounded by the shard size),
+under ``DEST/.tmp-<id>/`` (renamed to ``DEST/data-<id>/``; on S3 written there directly), and the manifest is
+committed last, so an interrupted ingest leaves nothing that loads, and re-ingesting replaces the previous
 dataset only at the moment the new manifest lands.
 """
 
@@ -15,15 +16,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
 import posixpath
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -329,17 +332,35 @@ def _prepare_dest(dest: Location) -> None:
         raise DataError(f"destination {dest.uri} is not empty and holds no dataset ({', '.join(foreign[:5])}); choose a new or empty folder")
 
 
-def _write_shards(records: list[Record], tmp: Location, rows_per_shard: int, progress: Progress) -> dict[str, list[str]]:
-    files: dict[str, list[str]] = {s: [] for s in SPLITS}
-    chunks = []
-    for split in SPLITS:
-        rows = [r for r in records if r.split == split]
-        chunks += [(split, rows[k:k + rows_per_shard]) for k in range(0, len(rows), rows_per_shard)]
-    task = progress.add_task("write", total=len(chunks), rate="")
-    start, nbytes, counters = time.perf_counter(), 0, {s: 0 for s in SPLITS}
-    for split, rows in chunks:
-        name = f"{split}/part-{counters[split]:04d}.parquet"
-        counters[split] += 1
+class _ShardWriter:
+    """Buffers validated records per split and writes a Parquet shard whenever one fills, then drops the pixel
+    bytes, so ingest memory is bounded by ``rows_per_shard`` records per split rather than the whole set."""
+
+    def __init__(self, staging: Location, rows_per_shard: int) -> None:
+        self.staging, self.rows_per_shard = staging, rows_per_shard
+        self.buffers: dict[str, list[Record]] = {s: [] for s in SPLITS}
+        self.files: dict[str, list[str]] = {s: [] for s in SPLITS}
+
+    @property
+    def shards(self) -> int:
+        return sum(len(f) for f in self.files.values())
+
+    def add(self, rec: Record) -> None:
+        buf = self.buffers[rec.split]
+        buf.append(rec)
+        if len(buf) >= self.rows_per_shard:
+            self._flush(rec.split)
+
+    def close(self) -> dict[str, list[str]]:
+        for split in SPLITS:
+            self._flush(split)
+        return self.files
+
+    def _flush(self, split: str) -> None:
+        rows, self.buffers[split] = self.buffers[split], []
+        if not rows:
+            return
+        name = f"{split}/part-{len(self.files[split]):04d}.parquet"
         table = pa.table({
             "id": [r.pair.id for r in rows],
             "image": [r.image_bytes for r in rows],
@@ -352,13 +373,30 @@ def _write_shards(records: list[Record], tmp: Location, rows_per_shard: int, pro
             "mask_source": [r.pair.mask for r in rows],
             "split": [split] * len(rows),
         }, schema=PARQUET_SCHEMA)
-        target = tmp.join(name)
-        tmp.join(split).mkdir()
-        pq.write_table(table, target.path, filesystem=tmp.arrow, compression="none")
-        files[split].append(name)
-        nbytes += sum(len(r.image_bytes) + len(r.mask_bytes) for r in rows)
-        progress.update(task, advance=1, rate=_rate(sum(counters.values()), nbytes, start, "shards"))
-    return files
+        self.staging.join(split).mkdir()
+        pq.write_table(table, self.staging.join(name).path, filesystem=self.staging.arrow, compression="none")
+        self.files[split].append(name)
+        for r in rows:
+            r.image_bytes = r.mask_bytes = b""
+
+
+def _validated(pairs: list[Pair], cfg: IngestConfig, storage: StorageConfig | None,
+               num_classes: int) -> Iterator[tuple[Pair, Record | DataError]]:
+    """Each pair's Record (or its DataError) in ``pairs`` order, decoding a bounded window in parallel threads."""
+    workers = min(8, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        todo = iter(pairs)
+        pending: deque[tuple[Pair, Future[Record]]] = deque(
+            (p, pool.submit(_load, p, cfg, storage, num_classes)) for p in itertools.islice(todo, 4 * workers))
+        while pending:
+            pair, fut = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_load, nxt, cfg, storage, num_classes)))
+            try:
+                yield pair, fut.result()
+            except DataError as err:
+                yield pair, err
 
 
 def ingest(
@@ -371,8 +409,13 @@ def ingest(
 ) -> dict[str, Any]:
     """Validate every pair in SRC, shard valid ones to Parquet at DEST, commit ``dataset.json`` last; returns the manifest.
 
+    Pairs are validated in id order and streamed into shards under a staging prefix, so memory stays bounded.
     All invalid pairs are reported together: a DataError (with ``.problems``) unless ``cfg.skip_invalid``,
-    in which case they are listed under ``skipped`` in the manifest. ``progress`` shows the bar and summary.
+    in which case they are listed under ``skipped`` in the manifest. On any failure the staging prefix is
+    removed and DEST is left as it was. ``progress`` shows the bar and summary.
+
+    Splits are drawn from all discovered pair ids (or the manifest's split column) before validation, so
+    fixing or dropping one bad file never moves other images between splits.
     """
     console = console or Console(stderr=True)
     names = _class_names(cfg)
@@ -382,51 +425,64 @@ def ingest(
     if not pairs and not problems:
         raise DataError(f"no images found in {src_loc.uri}: expected images/ and masks/ with .png/.jpg/.tif files, or a CSV manifest")
     _prepare_dest(dest_loc)
-
-    records: list[Record] = []
-    with _progress(console, progress) as bar:
-        task = bar.add_task("validate", total=len(pairs), rate="")
-        start, nbytes = time.perf_counter(), 0
-        with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
-            futures = {pool.submit(_load, p, cfg, storage, num_classes): p for p in pairs}
-            for fut in as_completed(futures):
-                pair = futures[fut]
-                try:
-                    rec = fut.result()
-                    records.append(rec)
-                    nbytes += len(rec.image_bytes) + len(rec.mask_bytes)
-                except DataError as err:
-                    problems.append(Problem(pair.image or pair.id, str(err)))
-                bar.update(task, advance=1, rate=_rate(len(records) + len(problems), nbytes, start, "pairs"))
-    problems.sort(key=lambda p: p.file)
-    records.sort(key=lambda r: r.pair.id)
-    total = len(pairs) + sum(1 for p in problems if "mask has no image" in p.reason)
-    if problems and progress:
-        console.print(problems_table(problems, f"{len(problems)} invalid pair(s) in {src_loc.uri}"))
-    if problems and not cfg.skip_invalid:
-        raise _problems_error(problems, src_loc.uri, total)
-    if not records:
-        raise DataError(f"no valid pairs in {src_loc.uri} ({len(problems)} invalid); nothing to write")
-
+    pairs = sorted(pairs, key=lambda p: p.id)
     if cfg.split_column:
-        split_of = {r.pair.id: r.pair.split or "train" for r in records}
+        split_of = {p.id: p.split or "train" for p in pairs}
     else:
-        split_of = assign_splits([r.pair.id for r in records], cfg.split, cfg.seed)
-    for r in records:
-        r.split = split_of[r.pair.id]
+        split_of = assign_splits([p.id for p in pairs], cfg.split, cfg.seed)
 
+    created = not dest_loc.exists()
     check_writable(dest_loc) if dest_loc.is_s3 else dest_loc.mkdir()
     token = uuid.uuid4().hex[:12]
     version = f"data-{token}"
     staging = dest_loc.join(version if dest_loc.is_s3 else f".tmp-{token}")
-    with _progress(console, progress) as bar:
-        files = _write_shards(records, staging, cfg.rows_per_shard, bar)
-    manifest = _manifest(records, problems, files, names, cfg, src_loc, version)
-    _commit(dest_loc, staging, version, manifest)
+    records: list[Record] = []
+    try:
+        writer = _ShardWriter(staging, cfg.rows_per_shard)
+        with _progress(console, progress) as bar:
+            task = bar.add_task("ingest", total=len(pairs), rate="")
+            start, nbytes, n_bad = time.perf_counter(), 0, len(problems)
+            for pair, result in _validated(pairs, cfg, storage, num_classes):
+                if isinstance(result, DataError):
+                    problems.append(Problem(pair.image or pair.id, str(result)))
+                else:
+                    result.split = split_of[pair.id]
+                    records.append(result)
+                    nbytes += len(result.image_bytes) + len(result.mask_bytes)
+                    if cfg.skip_invalid or len(problems) == n_bad:
+                        writer.add(result)
+                    else:
+                        result.image_bytes = result.mask_bytes = b""
+                bar.update(task, advance=1, rate=_rate(len(records) + len(problems) - n_bad, nbytes, start, "pairs")
+                           + f"  {writer.shards} shards")
+        problems.sort(key=lambda p: p.file)
+        total = len(pairs) + sum(1 for p in problems if "mask has no image" in p.reason)
+        if problems and progress:
+            console.print(problems_table(problems, f"{len(problems)} invalid pair(s) in {src_loc.uri}"))
+        if problems and not cfg.skip_invalid:
+            raise _problems_error(problems, src_loc.uri, total)
+        if not records:
+            raise DataError(f"no valid pairs in {src_loc.uri} ({len(problems)} invalid); nothing to write")
+        files = writer.close()
+        manifest = _manifest(records, problems, files, names, cfg, src_loc, version)
+        _commit(dest_loc, staging, version, manifest)
+    except BaseException:
+        _discard(dest_loc, staging, created)
+        raise
     manifest["uri"] = dest_loc.uri
     if progress:
         console.print(summary_table(manifest))
     return manifest
+
+
+def _discard(dest: Location, staging: Location, created: bool) -> None:
+    """Best-effort removal of a failed ingest's staging prefix (and of DEST if this ingest created it)."""
+    try:
+        staging.rm(recursive=True)
+        if created and not dest.is_s3 and dest.exists() and not dest.ls():
+            dest.rm(recursive=True)
+    except Exception:
+        pass
 
 
 def _manifest(records: list[Record], problems: list[Problem], files: dict[str, list[str]], names: list[str],
