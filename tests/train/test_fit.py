@@ -12,7 +12,7 @@ import pytest
 from unet_dist.storage import resolve
 from unet_dist.train import checkpoint as ckpt
 from unet_dist.train import fit
-from unet_dist.train.loop import EVENTS_FILE, METRICS_FILE
+from unet_dist.train.loop import EVENTS_FILE, METRICS_FILE, PROGRESS_FILE
 
 ISBI_MIN_VAL_IOU = 0.85  # foreground (cell interior) IoU; predicting all-foreground scores ~0.78 on these images
 
@@ -41,6 +41,9 @@ def test_two_workers_isbi_on_s3_reaches_iou_and_reloads(small_config, ray_local,
     events = [json.loads(line) for line in (run / EVENTS_FILE).read_text().splitlines()]
     assert [e["epoch"] for e in events if e["event"] == "epoch_end"] == list(range(12))
     assert any(c.name.startswith("events.out.tfevents") for c in (run / "tensorboard").ls())
+    progress = json.loads((run / PROGRESS_FILE).read_text())
+    assert progress["phase"] == "epoch_end" and progress["epoch"] == 11
+    assert progress["loss"] == rows[-1]["train_loss"] and progress["val_iou"] == rows[-1]["val_iou"]
     assert json.loads(summary.to_json())["best_checkpoint"] == summary.best_checkpoint
 
     state = ckpt.load_checkpoint(summary.best_checkpoint)

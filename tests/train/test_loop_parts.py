@@ -67,3 +67,24 @@ def test_job_entrypoint_user_error_is_one_line_exit_2(tmp_path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(tmp_path / "missing.yaml")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_live_view_shows_progress_and_metrics(tmp_path) -> None:
+    from rich.console import Console
+
+    from unet_dist.train.loop import METRICS_FILE
+    from unet_dist.train.trainer import _LiveView
+
+    run = resolve(str(tmp_path / "run"))
+    files = RunFiles(run)
+    for epoch, iou in enumerate((0.5, 0.75)):
+        files.append(METRICS_FILE, {"epoch": epoch, "val_iou": iou, "epoch_time_s": 10.0})
+    files.progress(epoch=1, step=3, steps_per_epoch=3, phase="epoch_end", epochs=4, loss=0.4321,
+                   val_iou=0.75, images_per_s=12.5)
+    cfg = load_config(None, ["train.epochs=4"])
+    console = Console(record=True, width=120)
+    console.print(_LiveView(run, cfg, console=console).render())
+    row = [line for line in console.export_text().splitlines() if "2/4" in line]
+    assert row, console.export_text()
+    cells = [c.strip() for c in row[0].strip("│ ").split("│")]
+    assert cells[:5] == ["2/4", "3/3", "0.4321", "0.7500", "0.7500"] and cells[5] == "12.5" and cells[7] == "20s"

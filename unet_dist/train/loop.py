@@ -322,8 +322,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _upload_dir(Path(tb_dir), run / "tensorboard")
             files.append(METRICS_FILE, row)
             files.append(EVENTS_FILE, {"event": "epoch_end", "epoch": epoch, "time": time.time(), "world_size": world})
-            files.progress(epoch=epoch, step=config["steps_per_epoch"], steps_per_epoch=config["steps_per_epoch"], phase="epoch_end", epochs=tcfg.epochs,
-                           val_iou=row["val_iou"], images_per_s=row["images_per_s"])
+            files.progress(epoch=epoch, step=config["steps_per_epoch"], steps_per_epoch=config["steps_per_epoch"],
+                           phase="epoch_end", epochs=tcfg.epochs, loss=row["train_loss"], val_iou=row["val_iou"],
+                           images_per_s=row["images_per_s"])
             tmp = tempfile.mkdtemp(prefix="unet-ckpt-")
             ckpt.save_checkpoint(tmp, {
                 "model": {k: v.detach().cpu() for k, v in core.state_dict().items()},
