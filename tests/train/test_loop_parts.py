@@ -12,7 +12,8 @@ import torch
 from unet_dist.config import load_config
 from unet_dist.storage import resolve
 from unet_dist.train.loop import Fault, RunFiles, overlay
-from unet_dist.train.trainer import TrainSummary, steps_per_epoch
+from unet_dist.train.optim import steps_per_epoch
+from unet_dist.train.trainer import TrainSummary
 
 REPO = Path(__file__).resolve().parents[2]
 

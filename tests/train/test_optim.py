@@ -7,7 +7,7 @@ import torch
 
 from unet_dist.config import TrainConfig
 from unet_dist.errors import ConfigError
-from unet_dist.train.optim import create_optimizer, create_scheduler, list_optimizers, list_schedulers
+from unet_dist.train.optim import create_optimizer, create_scheduler, list_optimizers, list_schedulers, seek_epoch
 
 
 def _lrs(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
@@ -72,6 +72,36 @@ def test_scheduler_resumes_at_same_lr() -> None:
     assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
     opt.step(); sched.step(); opt2.step(); sched2.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+
+
+def _epoch_start_lrs(cfg: TrainConfig, spe_by_epoch: list[int]) -> list[float]:
+    """LR at each epoch start when epoch e runs spe_by_epoch[e] steps; the scheduler is rebuilt (as after a
+    resume on another world size) whenever the step count changes."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = create_optimizer([p], cfg)
+    sched, spe, out = None, None, []
+    for epoch, n in enumerate(spe_by_epoch):
+        if n != spe:
+            state = sched.state_dict() if sched else None
+            opt = create_optimizer([p], cfg) if sched else opt
+            sched, spe = create_scheduler(opt, cfg, n), n
+            if state:
+                sched.load_state_dict(state)
+        seek_epoch(sched, epoch, spe, cfg)
+        out.append(opt.param_groups[0]["lr"])
+        for _ in range(n + (epoch % 2)):  # real epochs run a step more or less than estimated
+            opt.step()
+            sched.step()
+    return out
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_schedule_follows_epochs_when_world_size_changes(interval: str) -> None:
+    cfg = TrainConfig(scheduler="cosine", epochs=6, warmup_epochs=1, lr=0.1, scheduler_interval=interval)
+    steady = _epoch_start_lrs(cfg, [10] * 6)
+    shrunk = _epoch_start_lrs(cfg, [5, 5, 5, 10, 10, 10])  # 2 workers, then a node lost: 1 worker
+    assert shrunk[1:] == pytest.approx(steady[1:])  # epoch 0 starts warm-up at 1/(warm-up steps + 1)
+    assert steady[0] < steady[1] and steady[1] > steady[-1]
 
 
 def test_unknown_choice_names_field() -> None:

@@ -29,7 +29,7 @@ from unet_dist.storage import Location, resolve
 from unet_dist.train import checkpoint as ckpt
 from unet_dist.train.losses import create_loss, remap_ignore
 from unet_dist.train.metrics import EpochMeter, predict_labels
-from unet_dist.train.optim import create_optimizer, create_scheduler
+from unet_dist.train.optim import create_optimizer, create_scheduler, seek_epoch, steps_per_epoch
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.jsonl"
@@ -193,7 +193,7 @@ def _worker_nodes(distributed: bool) -> list[str]:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: cfg (Config), spec (PipelineSpec), run_uri, steps_per_epoch, class_names, fingerprint, fault."""
+    """Ray Train entry point. ``config``: cfg (Config), spec (PipelineSpec), run_uri, train_rows, class_names, fingerprint, fault."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
@@ -227,7 +227,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     core = getattr(model, "module", model)
     optimizer = create_optimizer(core.parameters(), tcfg)
-    scheduler = create_scheduler(optimizer, tcfg, config["steps_per_epoch"])
+    spe = steps_per_epoch(config["train_rows"], cfg, world)
+    scheduler = create_scheduler(optimizer, tcfg, spe)
     autocast, amp_dtype = _amp(device, tcfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     loss_fn = create_loss(tcfg.loss, cfg.model.num_classes, tcfg.class_weights).to(device)
@@ -258,6 +259,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, tcfg.epochs):
         seed_everything(epoch_seed(tcfg.seed, epoch) + 7919 * rank)
+        seek_epoch(scheduler, epoch, spe, tcfg)
         model.train()
         meter = EpochMeter(cfg.model.num_classes, class_names)
         t0 = time.perf_counter()
@@ -286,7 +288,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             meter.update(logits, y, loss.item())
             if rank == 0 and step % tcfg.progress_every == 0:
                 files.progress(epoch=epoch, step=step, phase="train", loss=loss.item(), epochs=tcfg.epochs,
-                               steps_per_epoch=config["steps_per_epoch"], lr=optimizer.param_groups[0]["lr"],
+                               steps_per_epoch=spe, lr=optimizer.param_groups[0]["lr"],
                                images_per_s=float(meter.sums[1]) * world / max(1e-9, time.perf_counter() - t0))
         if micro % tcfg.accumulate:
             _optimizer_step(optimizer, scaler, core, tcfg.grad_clip)
@@ -322,7 +324,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _upload_dir(Path(tb_dir), run / "tensorboard")
             files.append(METRICS_FILE, row)
             files.append(EVENTS_FILE, {"event": "epoch_end", "epoch": epoch, "time": time.time(), "world_size": world})
-            files.progress(epoch=epoch, step=config["steps_per_epoch"], steps_per_epoch=config["steps_per_epoch"],
+            files.progress(epoch=epoch, step=spe, steps_per_epoch=spe,
                            phase="epoch_end", epochs=tcfg.epochs, loss=row["train_loss"], val_iou=row["val_iou"],
                            images_per_s=row["images_per_s"])
             tmp = tempfile.mkdtemp(prefix="unet-ckpt-")

@@ -1,8 +1,10 @@
 """Optimisers and learning-rate schedules, each a small registry.
 
-Schedules are ``LambdaLR`` factors over a global step count with a linear warm-up, so the
-scheduler state in a checkpoint is one integer and resuming lands on the same learning rate.
-``train.scheduler_interval`` decides whether a "step" is an optimiser step or an epoch.
+Schedules are ``LambdaLR`` factors over a global step count with a linear warm-up.
+``train.scheduler_interval`` decides whether a "step" is an optimiser step or an epoch. The training loop
+calls :func:`seek_epoch` at every epoch start, so the schedule's position is "epoch + fraction of this
+epoch": a run that resumes on fewer or more workers (elastic training), or whose epochs take a few steps
+more or less than estimated, stays on the schedule it would have followed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Callable, Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from unet_dist.config import TrainConfig
+from unet_dist.config import Config, TrainConfig
 from unet_dist.errors import ConfigError
 
 Factor = Callable[[float, TrainConfig], float]
@@ -105,3 +107,19 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_p
     if cfg.scheduler not in _SCHEDULES:
         raise ConfigError(f"train.scheduler: unknown {cfg.scheduler!r}; choose one of {', '.join(list_schedulers())}")
     return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch))
+
+
+def steps_per_epoch(train_rows: int, cfg: Config, world: int) -> int:
+    """Optimiser steps per epoch on ``world`` workers: crops split evenly over workers, batched, accumulated."""
+    per_worker = math.ceil(train_rows * cfg.data.num_crops_per_image / max(1, world))
+    return max(1, math.ceil(per_worker / cfg.data.batch_size) // cfg.train.accumulate)
+
+
+def seek_epoch(scheduler: LambdaLR, epoch: int, steps_per_epoch: int, cfg: TrainConfig) -> None:
+    """Place ``scheduler`` (and its optimiser's LRs) at the first step of ``epoch``."""
+    step = epoch * (max(1, steps_per_epoch) if cfg.scheduler_interval == "step" else 1)
+    scheduler.last_epoch = step
+    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs

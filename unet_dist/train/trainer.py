@@ -8,7 +8,6 @@ storage, fault tolerance, the live view and the :class:`TrainSummary`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
@@ -126,12 +125,6 @@ def prepare_data(cfg: Config, manifest: dict[str, Any]) -> tuple[dict[str, Any],
     return datasets, spec
 
 
-def steps_per_epoch(train_rows: int, cfg: Config, world: int) -> int:
-    """Optimiser-step estimate for the LR schedule: crops split evenly over workers, then batched."""
-    per_worker = math.ceil(train_rows * cfg.data.num_crops_per_image / max(1, world))
-    return max(1, math.ceil(per_worker / cfg.data.batch_size) // cfg.train.accumulate)
-
-
 def fit(cfg: Config, *, console: Any = None, progress: bool = True) -> TrainSummary:
     """Train ``cfg.model`` on ``cfg.data`` with Ray Train; returns a :class:`TrainSummary`."""
     import ray
@@ -155,7 +148,6 @@ def fit(cfg: Config, *, console: Any = None, progress: bool = True) -> TrainSumm
         datasets, spec = prepare_data(cfg, manifest)
         use_gpu = _use_gpu(cfg)
         nw = cfg.resources.num_workers
-        world_max = nw[1] if isinstance(nw, tuple) else nw
         resources: dict[str, float] = {"CPU": cfg.resources.cpus_per_worker}
         if use_gpu:
             resources["GPU"] = cfg.resources.gpus_per_worker
@@ -164,7 +156,7 @@ def fit(cfg: Config, *, console: Any = None, progress: bool = True) -> TrainSumm
             "cfg": _worker_cfg(cfg),
             "spec": spec,
             "run_uri": run.uri,
-            "steps_per_epoch": steps_per_epoch(train_rows, cfg, world_max),
+            "train_rows": train_rows,
             "class_names": list(manifest.get("class_names") or cfg.ingest.class_names),
             "fingerprint": manifest.get("fingerprint"),
             "fault": os.environ.get(FAULT_ENV),
@@ -293,4 +285,4 @@ class _LiveView:
             live.update(self.render())
 
 
-__all__ = ["fit", "TrainSummary", "TrainingFailed", "new_run_name", "steps_per_epoch", "check_dataset", "prepare_data"]
+__all__ = ["fit", "TrainSummary", "TrainingFailed", "new_run_name", "check_dataset", "prepare_data"]
