@@ -147,6 +147,30 @@ def test_failed_ingest_to_s3_leaves_no_objects(tmp_path, s3_uri):
     assert listed.get("KeyCount", 0) == 0, [o["Key"] for o in listed.get("Contents", [])]
 
 
+@pytest.mark.s3
+def test_cleanup_error_after_commit_keeps_the_new_dataset(tmp_path, s3_uri, monkeypatch):
+    """On S3 the new shards are written in place; once dataset.json names them they must never be discarded."""
+    from unet_dist.storage import Location
+
+    raw = generate(str(tmp_path / "raw"), n=6, size=24)
+    old = ingest(raw, s3_uri, ingest_config("binary", seed=1), progress=False)
+    old_version = old["splits"]["train"]["files"][0].split("/")[0]
+    real_rm = Location.rm
+
+    def failing_rm(self, recursive=True):
+        if self.name == old_version:
+            raise OSError("S3 hiccup while removing the previous version")
+        real_rm(self, recursive)
+
+    monkeypatch.setattr(Location, "rm", failing_rm)
+    with pytest.raises(OSError, match="hiccup"):
+        ingest(raw, s3_uri, ingest_config("binary", seed=2), progress=False)
+    monkeypatch.undo()
+    kept = read_manifest(s3_uri)
+    assert kept["split_by"]["seed"] == 2
+    assert len(_rows(kept)) == 6
+
+
 def test_shards_stream_and_splits_survive_fixing_a_bad_file(tmp_path):
     raw = tmp_path / "raw"
     generate(str(raw), n=12, size=24)

@@ -465,10 +465,10 @@ def ingest(
             raise DataError(f"no valid pairs in {src_loc.uri} ({len(problems)} invalid); nothing to write")
         files = writer.close()
         manifest = _manifest(records, problems, files, names, cfg, src_loc, version)
-        _commit(dest_loc, staging, version, manifest)
     except BaseException:
         _discard(dest_loc, staging, created)
         raise
+    _commit(dest_loc, staging, version, manifest)
     manifest["uri"] = dest_loc.uri
     if progress:
         console.print(summary_table(manifest))
