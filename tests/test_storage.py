@@ -78,3 +78,21 @@ def test_secrets_never_dumped():
     assert cfg.storage.access_key_id.get_secret_value() == "AKIA_SHOULD_NOT_LEAK"
     dumped = str(cfg.to_dict()) + repr(cfg)
     assert "AKIA_SHOULD_NOT_LEAK" not in dumped and "s3cr3t" not in dumped
+
+
+def test_with_env_settings_ships_env_to_workers_without_leaking(monkeypatch):
+    for name, value in (("AWS_ACCESS_KEY_ID", "env-key"), ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+                        ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"), ("AWS_REGION", "eu-west-3")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2")
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    filled = storage.with_env_settings(StorageConfig(uri="s3://b/p", region="us-east-2"))
+    assert filled.access_key_id.get_secret_value() == "env-key"
+    assert filled.secret_access_key.get_secret_value() == "env-secret"
+    assert filled.endpoint_url == "http://127.0.0.1:2" and filled.region == "us-east-2"
+    assert "env-secret" not in filled.model_dump_json() and "env-key" not in str(filled.model_dump())
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+        monkeypatch.delenv(name)
+    assert storage.s3_options(filled) == storage.s3_options(StorageConfig(
+        uri="s3://b/p", region="us-east-2", endpoint_url="http://127.0.0.1:2",
+        access_key_id="env-key", secret_access_key="env-secret"))

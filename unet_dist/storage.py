@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import fsspec
 import pyarrow.fs as pafs
+from pydantic import SecretStr
 
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError
@@ -126,28 +127,49 @@ def _join_uri(uri: str, rel: str) -> str:
     return uri.rstrip("/") + "/" + rel.lstrip("/")
 
 
-def _env(name: str, value: Any) -> str | None:
+_ENV_FALLBACK: dict[str, tuple[str, ...]] = {
+    "access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "region": ("AWS_DEFAULT_REGION", "AWS_REGION"),
+}
+_SECRET_FIELDS = ("access_key_id", "secret_access_key")
+
+
+def _setting(storage: StorageConfig, name: str) -> str | None:
+    """One S3 setting: the config's value, else the first of its AWS environment variables that is set."""
+    value = getattr(storage, name)
     if value is not None:
         return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-    return os.environ.get(name) or None
+    return next((os.environ[env] for env in _ENV_FALLBACK[name] if os.environ.get(env)), None)
 
 
 def s3_options(storage: StorageConfig | None = None) -> dict[str, Any]:
     """s3fs keyword arguments from the config, falling back to the standard AWS environment."""
     storage = storage or StorageConfig()
     opts: dict[str, Any] = {}
-    key = _env("AWS_ACCESS_KEY_ID", storage.access_key_id)
-    secret = _env("AWS_SECRET_ACCESS_KEY", storage.secret_access_key)
+    key, secret = _setting(storage, "access_key_id"), _setting(storage, "secret_access_key")
     if key and secret:
         opts.update(key=key, secret=secret)
-    endpoint = _env("AWS_ENDPOINT_URL_S3", storage.endpoint_url) or _env("AWS_ENDPOINT_URL", None)
+    endpoint = _setting(storage, "endpoint_url")
     if endpoint:
         opts["endpoint_url"] = endpoint
-    region = _env("AWS_DEFAULT_REGION", storage.region) or _env("AWS_REGION", None)
+    region = _setting(storage, "region")
     if region:
         opts.setdefault("config_kwargs", {})["region_name"] = region
     opts["skip_instance_cache"] = True
     return opts
+
+
+def with_env_settings(storage: StorageConfig) -> StorageConfig:
+    """``storage`` with its unset S3 settings taken from this process's AWS environment, for processes that
+    do not share it (Ray workers on other nodes). Credentials stay SecretStr, excluded from every dump."""
+    update: dict[str, Any] = {}
+    for name in _ENV_FALLBACK:
+        value = _setting(storage, name) if getattr(storage, name) is None else None
+        if value:
+            update[name] = SecretStr(value) if name in _SECRET_FIELDS else value
+    return storage.model_copy(update=update)
 
 
 def resolve(uri: str | os.PathLike[str] | Location, storage: StorageConfig | None = None) -> Location:

@@ -128,14 +128,13 @@ def encode_lossless(arr: np.ndarray) -> bytes:
 
     Readers need not care which: :func:`decode_image` sniffs the format.
     """
-    a = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
-    if a.dtype == np.uint16 and a.ndim == 3:
+    if arr.dtype == np.uint16 and arr.ndim == 3 and arr.shape[-1] > 1:
         import tifffile
 
         buf = io.BytesIO()
-        tifffile.imwrite(buf, np.ascontiguousarray(a), compression="zlib", photometric="rgb")
+        tifffile.imwrite(buf, np.ascontiguousarray(arr), compression="zlib", photometric="rgb")
         return buf.getvalue()
-    return encode_png(a)
+    return encode_png(arr)
 
 
 def pixel_scale(dtype: np.dtype | str) -> float:

@@ -12,9 +12,8 @@ import torch
 
 from unet_dist.config import Config, StorageConfig
 from unet_dist.train.checkpoint import load_checkpoint
-from unet_dist.train.loop import quiet_ray_logs
-from unet_dist.train.losses import create_loss, remap_ignore
-from unet_dist.train.metrics import EpochMeter
+from unet_dist.train.loop import quiet_ray_logs, validate
+from unet_dist.train.losses import create_loss
 
 
 def evaluate(checkpoint: str, *, split: str = "val", dataset: str | None = None, storage: StorageConfig | None = None,
@@ -41,7 +40,6 @@ def evaluate(checkpoint: str, *, split: str = "val", dataset: str | None = None,
         torch.set_num_threads(threads)
     model = create_unet(cfg.model)
     model.load_state_dict(state["model"])
-    model.eval()
     started = False
     if not ray.is_initialized():
         ray.init(configure_logging=False, include_dashboard=False, log_to_driver=False)
@@ -51,14 +49,8 @@ def evaluate(checkpoint: str, *, split: str = "val", dataset: str | None = None,
         ds = build_datasets(cfg.data, cfg.storage, cfg.model.in_channels, splits=(split,))[split]
         spec = pipeline_spec(cfg.data, cfg.storage, cfg.model.in_channels, pad_multiple=2 ** cfg.model.depth)
         loss_fn = create_loss(cfg.train.loss, cfg.model.num_classes, cfg.train.class_weights)
-        meter = EpochMeter(cfg.model.num_classes, state.get("class_names"))
-        with torch.no_grad():
-            for batch in iter_val_batches(ds.iterator(), batch_size or cfg.data.val_batch_size, spec, 0, 1):
-                x = torch.as_tensor(batch["image"])
-                y = remap_ignore(torch.as_tensor(batch["mask"]).long(), cfg.train.ignore_index)
-                logits = model(x).float()
-                meter.update(logits, y, loss_fn(logits, y).item())
-        out = meter.compute()
+        batches = iter_val_batches(ds.iterator(), batch_size or cfg.data.val_batch_size, spec, 0, 1)
+        out, _ = validate(model, batches, loss_fn, cfg, torch.device("cpu"), state.get("class_names"))
         out["epoch"] = state.get("epoch")
         out["checkpoint"] = checkpoint
         out["reported"] = state.get("metrics", {})

@@ -103,6 +103,11 @@ class RunFiles:
         (self.run / PROGRESS_FILE).write_text(json.dumps({"time": time.time(), **fields}))
 
 
+def scalar_metrics(row: dict[str, Any]) -> dict[str, int | float]:
+    """The numeric fields of a metrics row: what Ray Train reports and checkpoints and summaries carry."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float))}
+
+
 def _synced_batches(it: Iterator[dict[str, Any]], distributed: bool) -> Iterator[dict[str, Any]]:
     """Yield batches while every rank still has one, so DDP ranks always take the same number of steps."""
     while True:
@@ -241,6 +246,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         start_epoch = int(state["epoch"]) + 1
 
     writer = tb_dir = None
+    uploaded: dict[Path, int] = {}
     nodes = _worker_nodes(distributed)
     if rank == 0:
         files.truncate_metrics(start_epoch)
@@ -301,8 +307,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         if distributed:
             sync_buffers(core)
-        val_m, shown = _validate(core, iter_val_batches(val_shard, cfg.data.val_batch_size, spec, rank, world), cfg, device, autocast,
-                                 class_names, tcfg.log_images if rank == 0 else 0)
+        val_m, shown = validate(core, iter_val_batches(val_shard, cfg.data.val_batch_size, spec, rank, world), loss_fn, cfg,
+                                device, class_names, autocast=autocast, n_images=tcfg.log_images if rank == 0 else 0)
         epoch_time = time.perf_counter() - t0
         row = {
             "epoch": epoch,
@@ -317,11 +323,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "images_per_s": train_m["images"] / max(train_time, 1e-9), "epoch_time_s": epoch_time,
             "world_size": world,
         }
+        scalars = scalar_metrics(row)
         checkpoint = None
         tmp = None
         if rank == 0:
             _log_tensorboard(writer, row, shown, epoch)
-            _upload_dir(Path(tb_dir), run / "tensorboard")
+            _upload_dir(Path(tb_dir), run / "tensorboard", uploaded)
             files.append(METRICS_FILE, row)
             files.append(EVENTS_FILE, {"event": "epoch_end", "epoch": epoch, "time": time.time(), "world_size": world})
             files.progress(epoch=epoch, step=spe, steps_per_epoch=spe,
@@ -337,16 +344,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "config": cfg.to_dict(),
                 "fingerprint": config.get("fingerprint"),
                 "class_names": class_names,
-                "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))},
+                "metrics": scalars,
             })
             checkpoint = Checkpoint.from_directory(tmp)
-        report = {k: v for k, v in row.items() if isinstance(v, (int, float))}
-        ray.train.report(report, checkpoint=checkpoint, checkpoint_dir_name=ckpt.checkpoint_dir_name(epoch))
+        ray.train.report(scalars, checkpoint=checkpoint, checkpoint_dir_name=ckpt.checkpoint_dir_name(epoch))
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     if writer is not None:
         writer.close()
-        _upload_dir(Path(tb_dir), run / "tensorboard")
+        _upload_dir(Path(tb_dir), run / "tensorboard", uploaded)
         shutil.rmtree(tb_dir, ignore_errors=True)
 
 
@@ -370,11 +376,14 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
 
 
 @torch.no_grad()
-def _validate(model: torch.nn.Module, batches: Any, cfg: Config, device: torch.device, autocast: Any,
-              class_names: list[str] | None, n_images: int) -> tuple[dict[str, Any], list[torch.Tensor]]:
-    """Validation metrics (all-reduced) and up to ``n_images`` overlays from this worker."""
+def validate(model: torch.nn.Module, batches: Any, loss_fn: torch.nn.Module, cfg: Config, device: torch.device,
+             class_names: list[str] | None, autocast: Any = contextlib.nullcontext,
+             n_images: int = 0) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Metrics of ``model`` over ``batches`` (all-reduced under DDP) and up to ``n_images`` overlays.
+
+    The one evaluation pass: the training loop's per-epoch validation and ``unet-dist evaluate``.
+    """
     model.eval()
-    loss_fn = create_loss(cfg.train.loss, cfg.model.num_classes, cfg.train.class_weights).to(device)
     meter = EpochMeter(cfg.model.num_classes, class_names)
     shown: list[torch.Tensor] = []
     for batch in batches:
@@ -404,10 +413,11 @@ def _log_tensorboard(writer: Any, row: dict[str, Any], shown: list[torch.Tensor]
     writer.flush()
 
 
-def _upload_dir(local: Path, dest: Location) -> None:
-    """Copy new or grown TensorBoard files to storage (event files only grow)."""
+def _upload_dir(local: Path, dest: Location, uploaded: dict[Path, int]) -> None:
+    """Copy new or grown TensorBoard files to storage (whole files: S3 has no append); ``uploaded``
+    remembers the size each file had when last copied."""
     for f in sorted(local.rglob("*")):
-        if f.is_file():
-            target = dest / str(f.relative_to(local))
-            target.write_bytes(f.read_bytes())
-
+        if f.is_file() and uploaded.get(f) != f.stat().st_size:
+            data = f.read_bytes()
+            (dest / str(f.relative_to(local))).write_bytes(data)
+            uploaded[f] = len(data)

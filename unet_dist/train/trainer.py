@@ -17,8 +17,9 @@ from typing import Any
 
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError, UserError
-from unet_dist.storage import Location, check_writable, ray_storage, resolve
-from unet_dist.train.loop import FAULT_ENV, METRICS_FILE, PROGRESS_FILE, RunFiles, quiet_ray_logs, train_loop_per_worker
+from unet_dist.storage import Location, check_writable, ray_storage, resolve, with_env_settings
+from unet_dist.train.loop import (FAULT_ENV, METRICS_FILE, PROGRESS_FILE, RunFiles, quiet_ray_logs, scalar_metrics,
+                                  train_loop_per_worker)
 
 
 class TrainingFailed(UserError):
@@ -86,22 +87,6 @@ def _use_gpu(cfg: Config) -> bool:
     return bool(cfg.resources.use_gpu)
 
 
-def _worker_cfg(cfg: Config) -> Config:
-    """The config shipped to workers, with storage credentials filled from the driver's environment."""
-    from pydantic import SecretStr
-
-    st = cfg.storage
-    update: dict[str, Any] = {}
-    for name, env in (("access_key_id", "AWS_ACCESS_KEY_ID"), ("secret_access_key", "AWS_SECRET_ACCESS_KEY")):
-        if getattr(st, name) is None and os.environ.get(env):
-            update[name] = SecretStr(os.environ[env])
-    if st.endpoint_url is None and (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
-        update["endpoint_url"] = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ["AWS_ENDPOINT_URL"]
-    if st.region is None and (os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")):
-        update["region"] = os.environ.get("AWS_DEFAULT_REGION") or os.environ["AWS_REGION"]
-    return cfg.model_copy(update={"storage": st.model_copy(update=update)})
-
-
 def check_dataset(cfg: Config) -> dict[str, Any]:
     """The manifest of ``cfg.data.dataset``, checked against the model head; no Ray needed."""
     from unet_dist.data.ingest import read_manifest
@@ -153,7 +138,7 @@ def fit(cfg: Config, *, console: Any = None, progress: bool = True) -> TrainSumm
             resources["GPU"] = cfg.resources.gpus_per_worker
         train_rows = datasets["train"].count()
         loop_config = {
-            "cfg": _worker_cfg(cfg),
+            "cfg": cfg.model_copy(update={"storage": with_env_settings(cfg.storage)}),
             "spec": spec,
             "run_uri": run.uri,
             "train_rows": train_rows,
@@ -210,7 +195,7 @@ def _summary(run: Location, cfg: Config, name: str, nw: Any, use_gpu: bool, dura
     complete = {e: loc for e, loc in ckpt.complete_checkpoints(run)}
     best_row = max((r for r in rows if r["epoch"] in complete), key=lambda r: r["val_iou"], default=None)
     last = max(complete) if complete else None
-    final = {k: v for k, v in (rows[-1] if rows else {}).items() if isinstance(v, (int, float))}
+    final = scalar_metrics(rows[-1]) if rows else {}
     return TrainSummary(
         name=name, run_dir=run.uri, epochs=len(rows),
         best_val_iou=best_row["val_iou"] if best_row else None,
