@@ -13,7 +13,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check "s3fs" "boto3" "moto[server]" -e ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

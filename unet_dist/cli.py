@@ -129,12 +129,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not cfg.data.dataset:
         raise UserError("data.dataset is empty: pass --data URI of an ingested dataset (see `unet-dist ingest`), "
                         "or run `unet-dist demo` for the synthetic demo")
-    summary = fit(cfg, progress=not args.json)
+    summary = fit(cfg, progress=not args.json, verbose=args.verbose)
     _print_summary(summary, args.json)
     return 0
 
 
-SUMMARY_FIELDS = ("run_dir", "epochs", "best_val_iou", "best_epoch", "best_checkpoint", "metrics_file", "tensorboard_dir", "duration_s")
+SUMMARY_FIELDS = ("run_dir", "epochs", "best_metric", "best_val_iou", "best_epoch", "best_checkpoint", "metrics_file",
+                  "tensorboard_dir", "duration_s")
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:
@@ -148,14 +149,15 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     for key in SUMMARY_FIELDS:
         value = data.get(key)
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        console.print(f"  [bold]{key:<16}[/] {shown}", highlight=False, soft_wrap=True)
+        label = f"best {data['monitor']}" if key == "best_metric" else key
+        console.print(f"  [bold]{label:<16}[/] {shown}", highlight=False, soft_wrap=True)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from unet_dist.train.evaluate import evaluate
 
-    cfg = load_config(args.config, args.overrides)
-    out = evaluate(args.checkpoint, split=args.split, dataset=args.data, storage=cfg.storage)
+    cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args, {"address": "resources.address"})])
+    out = evaluate(args.checkpoint, split=args.split, dataset=args.data, storage=cfg.storage, address=cfg.resources.address)
     if args.json:
         print(json.dumps(out, default=str))
         return 0
@@ -240,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", help="run name; re-using one resumes that run")
         p.add_argument("--resume-from", help="start from this checkpoint URI")
         p.add_argument("--json", action="store_true", help="print a one-line JSON summary at the end")
+        p.add_argument("--verbose", action="store_true", help="show Ray's own log lines (kept in Ray's log files otherwise)")
         _config_args(p)
 
     p = add("train", cmd_train, "train a U-Net data-parallel with Ray Train",
@@ -251,9 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "evaluate a checkpoint on a split of an ingested dataset",
             "Recomputes per-class IoU, Dice, pixel accuracy and loss of CHECKPOINT (local or s3://) on one split, "
             "with the model and data settings stored in the checkpoint.")
-    p.add_argument("checkpoint", help="checkpoint dir or state.pt (local path or s3://)")
+    p.add_argument("checkpoint", help="checkpoint folder or state file of any name (local path or s3://)")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--data", help="dataset URI (default: the one the checkpoint was trained on)")
+    p.add_argument("--data", help="dataset URI (default: the one the checkpoint was trained on); images are normalised "
+                                  "with the checkpoint's training statistics either way")
+    p.add_argument("--address", help="Ray cluster address for reading the data (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--json", action="store_true", help="one JSON line")
     _config_args(p)
 
@@ -273,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args)
     except UserError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        label = "[yellow]stopped:[/]" if err.exit_code == 130 else "[bold red]error:[/]"
+        err_console.print(f"{label} {err}", highlight=False, soft_wrap=True)
         return err.exit_code
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

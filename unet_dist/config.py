@@ -96,6 +96,14 @@ class DataConfig(_Section):
     materialize: bool = Field(True, description="Read the dataset into the object store before training; needed when workers hold every CPU (else read tasks starve).")
 
 
+REPORTED_METRICS = (
+    "train_loss", "train_iou", "train_mean_iou", "train_dice", "train_pixel_acc",
+    "val_loss", "val_iou", "val_mean_iou", "val_dice", "val_pixel_acc",
+    "lr", "images_per_s", "epoch_time_s",
+)
+"""The scalar metrics each epoch reports (metrics.jsonl, Ray Train, Tune): what ``train.monitor`` may name."""
+
+
 class TrainConfig(_Section):
     """Optimisation, checkpoints and fault tolerance."""
 
@@ -119,13 +127,22 @@ class TrainConfig(_Section):
     seed: int = 0
     amp: bool = Field(True, description="Mixed precision on GPU (bf16 where supported, else fp16 + scaler).")
     channels_last: bool = Field(True, description="channels_last memory format on GPU.")
-    num_to_keep: int = Field(2, ge=1, description="Checkpoints kept (best by val_iou).")
+    monitor: str = Field("val_mean_iou", description="Reported metric that picks the best checkpoint (any numeric metrics.jsonl field, e.g. val_iou, val_loss); the default, mean IoU over classes, is one a degenerate one-class model cannot win.")
+    monitor_mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower train.monitor is better.")
+    num_to_keep: int = Field(2, ge=1, description="Checkpoints kept (the best by train.monitor, plus the latest).")
     max_failures: int = Field(3, ge=0, description="Worker-group failures tolerated before the run fails.")
     controller_failure_limit: int = Field(3, ge=0, description="Controller retries (e.g. a lost node) before a clear error.")
     resume_from: str | None = Field(None, description="Checkpoint URI to start from.")
     log_images: int = Field(4, ge=0, description="Validation overlays written to TensorBoard per epoch.")
     progress_every: int = Field(5, ge=1, description="Steps between progress updates the driver's live view reads.")
     worker_start_timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for a worker group (e.g. a lost node) before counting a controller failure.")
+
+    @field_validator("monitor")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in REPORTED_METRICS:
+            raise ValueError(f"train.monitor: unknown metric {v!r}; choose one of: {', '.join(REPORTED_METRICS)}")
+        return v
 
 
 class TuneConfig(_Section):

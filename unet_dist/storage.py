@@ -66,6 +66,12 @@ class Location:
     def name(self) -> str:
         return posixpath.basename(self.path.rstrip("/"))
 
+    @property
+    def parent(self) -> "Location":
+        path = posixpath.dirname(self.path.rstrip("/"))
+        uri = self.uri.rstrip("/").rsplit("/", 1)[0]
+        return Location(uri, path, self.fs, self.storage)
+
     def exists(self) -> bool:
         return _call(self, self.fs.exists, self.path)
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from unet_dist.config import Config
+from unet_dist.runs import MARKER_FILE, STATE_FILE, RunDir, checkpoint_dir_name
 from unet_dist.storage import resolve
 from unet_dist.train import checkpoint as ckpt
 from unet_dist.train.optim import create_optimizer, create_scheduler
@@ -43,21 +44,20 @@ def _upload(local, dest) -> None:
 def test_round_trip_local(tmp_path) -> None:
     state = _state(3)
     d = ckpt.save_checkpoint(tmp_path / "epoch_0003", state)
-    assert json.loads((d / ckpt.MARKER_FILE).read_text())["epoch"] == 3
+    assert json.loads((d / MARKER_FILE).read_text())["epoch"] == 3
     loaded = ckpt.load_checkpoint(str(d))
     _assert_same(state, loaded)
-    torch.load(d / ckpt.STATE_FILE, weights_only=True)
+    torch.load(d / STATE_FILE, weights_only=True)
     assert "secret" not in json.dumps(loaded["config"])
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path) -> None:
     for e in (0, 1, 2):
-        ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_dir_name(e), _state(e))
-    (tmp_path / "epoch_0002" / ckpt.MARKER_FILE).unlink()
-    with open(tmp_path / "epoch_0001" / ckpt.STATE_FILE, "ab") as f:
+        ckpt.save_checkpoint(tmp_path / checkpoint_dir_name(e), _state(e))
+    (tmp_path / "epoch_0002" / MARKER_FILE).unlink()
+    with open(tmp_path / "epoch_0001" / STATE_FILE, "ab") as f:
         f.write(b"torn")
-    found = ckpt.complete_checkpoints(resolve(tmp_path))
-    assert [e for e, _ in found] == [0]
+    assert list(RunDir(resolve(tmp_path)).checkpoints()) == [0]
 
 
 @pytest.mark.s3
@@ -66,13 +66,50 @@ def test_round_trip_s3(tmp_path, s3_uri) -> None:
     local = ckpt.save_checkpoint(tmp_path / "c", state)
     run = resolve(s3_uri)
     _upload(local, run / "epoch_0001")
-    (run / "epoch_0000").join(ckpt.STATE_FILE).write_bytes(b"partial upload, no marker")
-    assert [e for e, _ in ckpt.complete_checkpoints(run)] == [1]
+    (run / "epoch_0000").join(STATE_FILE).write_bytes(b"partial upload, no marker")
+    assert list(RunDir(run).checkpoints()) == [1]
     _assert_same(state, ckpt.load_checkpoint(f"{s3_uri}/epoch_0001"))
 
 
 def test_missing_checkpoint_is_user_error(tmp_path) -> None:
-    from unet_dist.errors import StorageError
-
-    with pytest.raises(StorageError, match="no checkpoint"):
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
         ckpt.load_checkpoint(str(tmp_path / "nope"))
+
+
+def test_any_state_file_name_loads(tmp_path) -> None:
+    state = _state(2)
+    d = ckpt.save_checkpoint(tmp_path / "epoch_0002", state)
+    renamed = tmp_path / "best-model.pt"
+    (d / STATE_FILE).rename(renamed)
+    _assert_same(state, ckpt.load_checkpoint(str(renamed)))
+
+
+class _Payload:
+    """Unpickling this would create a marker file: the safe loader must refuse it without running it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_malicious_checkpoint_is_refused_without_running_it(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "epoch_0000"
+    bad.mkdir()
+    torch.save({"model": {}, "epoch": 0, "payload": _Payload(str(marker))}, bad / STATE_FILE)
+    with pytest.raises(ckpt.CheckpointError, match="refused to load") as err:
+        ckpt.load_checkpoint(str(bad))
+    assert not marker.exists()
+    assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_checkpoint_is_one_line_error(tmp_path) -> None:
+    d = ckpt.save_checkpoint(tmp_path / "epoch_0001", _state(1))
+    data = (d / STATE_FILE).read_bytes()
+    (d / STATE_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
+        ckpt.load_checkpoint(str(d))

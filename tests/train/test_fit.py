@@ -12,7 +12,7 @@ import pytest
 from unet_dist.storage import resolve
 from unet_dist.train import checkpoint as ckpt
 from unet_dist.train import fit
-from unet_dist.train.loop import EVENTS_FILE, METRICS_FILE, PROGRESS_FILE
+from unet_dist.runs import EVENTS_FILE, METRICS_FILE, PROGRESS_FILE
 
 ISBI_MIN_VAL_IOU = 0.85  # foreground (cell interior) IoU; predicting all-foreground scores ~0.78 on these images
 

@@ -11,7 +11,8 @@ import torch
 
 from unet_dist.config import load_config
 from unet_dist.storage import resolve
-from unet_dist.train.loop import Fault, RunFiles, overlay
+from unet_dist.runs import METRICS_FILE, RunDir
+from unet_dist.train.loop import Fault, overlay
 from unet_dist.train.optim import steps_per_epoch
 from unet_dist.train.trainer import TrainSummary
 
@@ -36,14 +37,6 @@ def test_fault_spec_parses_and_matches_only_its_step() -> None:
     f.maybe_die(resolve("/nonexistent-unused"), rank=0, epoch=2, step=3)  # another rank: returns
 
 
-def test_run_files_truncate_and_append(tmp_path) -> None:
-    files = RunFiles(resolve(tmp_path))
-    for e in range(4):
-        files.append("metrics.jsonl", {"epoch": e})
-    files.truncate_metrics(2)
-    assert [r["epoch"] for r in files.read_lines("metrics.jsonl")] == [0, 1]
-
-
 @pytest.mark.parametrize("rows,world,crops,batch,expected", [(8, 2, 1, 2, 2), (9, 2, 4, 4, 5), (1, 4, 1, 8, 1)])
 def test_steps_per_epoch(rows: int, world: int, crops: int, batch: int, expected: int) -> None:
     cfg = load_config(None, [f"data.num_crops_per_image={crops}", f"data.batch_size={batch}"])
@@ -53,7 +46,7 @@ def test_steps_per_epoch(rows: int, world: int, crops: int, batch: int, expected
 def test_summary_json_round_trip() -> None:
     import json
 
-    s = TrainSummary(name="r", run_dir="s3://b/r", epochs=2, best_val_iou=0.5, best_epoch=1,
+    s = TrainSummary(name="r", run_dir="s3://b/r", epochs=2, monitor="val_mean_iou", best_metric=0.6, best_val_iou=0.5, best_epoch=1,
                      best_checkpoint="s3://b/r/epoch_0001", last_checkpoint="s3://b/r/epoch_0001", num_workers=(1, 2))
     assert json.loads(s.to_json())["best_checkpoint"] == "s3://b/r/epoch_0001"
 
@@ -73,19 +66,19 @@ def test_job_entrypoint_user_error_is_one_line_exit_2(tmp_path) -> None:
 def test_live_view_shows_progress_and_metrics(tmp_path) -> None:
     from rich.console import Console
 
-    from unet_dist.train.loop import METRICS_FILE
-    from unet_dist.train.trainer import _LiveView
+    from unet_dist.train.trainer import LiveView
 
-    run = resolve(str(tmp_path / "run"))
-    files = RunFiles(run)
-    for epoch, iou in enumerate((0.5, 0.75)):
-        files.append(METRICS_FILE, {"epoch": epoch, "val_iou": iou, "epoch_time_s": 10.0})
+    files = RunDir(resolve(str(tmp_path / "run")))
+    for epoch, (iou, miou) in enumerate(((0.5, 0.6), (0.75, 0.55))):
+        files.append(METRICS_FILE, {"epoch": epoch, "val_iou": iou, "val_mean_iou": miou, "epoch_time_s": 10.0})
     files.progress(epoch=1, step=3, steps_per_epoch=3, phase="epoch_end", epochs=4, loss=0.4321,
                    val_iou=0.75, images_per_s=12.5)
     cfg = load_config(None, ["train.epochs=4"])
     console = Console(record=True, width=120)
-    console.print(_LiveView(run, cfg, console=console).render())
-    row = [line for line in console.export_text().splitlines() if "2/4" in line]
-    assert row, console.export_text()
+    console.print(LiveView(files, cfg, console=console).render())
+    text = console.export_text()
+    assert "val_mean_iou" in text and "best val_mean_iou" in text, text
+    row = [line for line in text.splitlines() if "2/4" in line]
+    assert row, text
     cells = [c.strip() for c in row[0].strip("│ ").split("│")]
-    assert cells[:5] == ["2/4", "3/3", "0.4321", "0.7500", "0.7500"] and cells[5] == "12.5" and cells[7] == "20s"
+    assert cells[:6] == ["2/4", "3/3", "0.4321", "0.7500", "0.5500", "0.6000"] and cells[6] == "12.5" and cells[8] == "20s"

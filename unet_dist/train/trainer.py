@@ -1,35 +1,39 @@
-"""``fit(cfg)``: build a Ray Train ``TorchTrainer`` for the U-Net, run it, show progress, summarise.
+"""The driver: ``build_trainer`` (a Ray Train ``TorchTrainer`` for one run) and ``fit(cfg)`` around it.
 
-The CLI, ``jobs/train.py``, Tune and tests all call this one function. Behaviour lives in
-:mod:`unet_dist.train.loop` (workers) and here (driver): cluster connection, datasets, scaling,
-storage, fault tolerance, the live view and the :class:`TrainSummary`.
+``fit`` is what the CLI, ``jobs/train.py`` and tests call: it checks everything that can be checked before
+Ray starts (config, dataset, weights, resume checkpoint, storage), connects, writes the run record, runs the
+trainer with a live view, and closes the record as finished, failed or stopped. A Tune trial calls
+:func:`build_trainer` itself, adding Ray Train's Tune callback and sharing already materialised datasets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
 from unet_dist.config import Config
-from unet_dist.errors import ConfigError, UserError
+from unet_dist.errors import ConfigError, DataError, UserError
+from unet_dist.runs import RunDir, finish_record, new_record
 from unet_dist.storage import Location, check_writable, ray_storage, resolve, with_env_settings
-from unet_dist.train.loop import (FAULT_ENV, METRICS_FILE, PROGRESS_FILE, RunFiles, quiet_ray_logs, scalar_metrics,
-                                  train_loop_per_worker)
+from unet_dist.train.loop import FAULT_ENV, train_loop_per_worker
+from unet_dist.train.session import GpuDecision, decide_gpu, ray_session
 
 
 class TrainingFailed(UserError):
-    """The run ended in failure after its retries; the message names the run and how to resume it.
-
-    A user-facing error (one line, no traceback): the cause is the cluster or the data, and the run's
-    checkpoints on storage are intact for a resume.
-    """
+    """The run ended in failure after its retries; the message names the cause, the run and how to resume it."""
 
     exit_code = 1
+
+
+class RunInterrupted(UserError):
+    """The user interrupted a run (Ctrl-C); its checkpoints are intact and the message says how to resume."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -39,6 +43,8 @@ class TrainSummary:
     name: str
     run_dir: str
     epochs: int
+    monitor: str
+    best_metric: float | None
     best_val_iou: float | None
     best_epoch: int | None
     best_checkpoint: str | None
@@ -54,42 +60,23 @@ class TrainSummary:
         return json.dumps(asdict(self), default=str)
 
 
+@dataclass
+class PreparedData:
+    """A run's datasets, read once: the manifest, the Ray Datasets and the workers' PipelineSpec."""
+
+    manifest: dict[str, Any]
+    datasets: dict[str, Any]
+    spec: Any
+    train_rows: int
+
+
 def new_run_name(prefix: str = "train") -> str:
     return f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S-%f')[:-3]}"
 
 
-def _connect(cfg: Config, quiet: bool = False) -> bool:
-    """Attach to ``resources.address`` / ``RAY_ADDRESS`` or start a local Ray; True if we started it.
-
-    ``quiet`` keeps a local Ray's worker output out of the console (the live view shows progress;
-    worker errors still surface as exceptions and full logs stay under Ray's session log dir).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    address = cfg.resources.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    try:
-        ray.init(address=address or None, configure_logging=False, log_to_driver=not (quiet and not address))
-    except ConnectionError as err:
-        raise UserError(f"cannot connect to the Ray cluster at {address!r} (resources.address / RAY_ADDRESS): {err}") from None
-    return True
-
-
-def _use_gpu(cfg: Config) -> bool:
-    import ray
-
-    if cfg.resources.use_gpu == "auto":
-        return ray.cluster_resources().get("GPU", 0) > 0
-    return bool(cfg.resources.use_gpu)
-
-
 def check_dataset(cfg: Config) -> dict[str, Any]:
     """The manifest of ``cfg.data.dataset``, checked against the model head; no Ray needed."""
-    from unet_dist.data.ingest import read_manifest
+    from unet_dist.data.manifest import read_manifest
 
     if not cfg.data.dataset:
         raise ConfigError("data.dataset is empty: set it to an ingested dataset URI (run `unet-dist ingest` first), or use `unet-dist demo`")
@@ -101,163 +88,271 @@ def check_dataset(cfg: Config) -> dict[str, Any]:
     return manifest
 
 
-def prepare_data(cfg: Config, manifest: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """The Ray Datasets and the workers' PipelineSpec for ``cfg.data.dataset``."""
+def check_resume_from(cfg: Config) -> None:
+    """``train.resume_from`` loads safely and fits the configured model (checked before Ray starts)."""
+    if not cfg.train.resume_from:
+        return
+    from unet_dist.models import create_unet
+    from unet_dist.train.checkpoint import load_checkpoint
+
+    try:
+        state = load_checkpoint(cfg.train.resume_from, cfg.storage)
+        create_unet(cfg.model.model_copy(update={"weights": None})).load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ConfigError(f"train.resume_from: {cfg.train.resume_from} does not fit the configured model "
+                          f"({str(err).splitlines()[0]}); use a checkpoint of the same model settings") from None
+    except UserError as err:
+        raise ConfigError(f"train.resume_from: {err}") from None
+
+
+def preflight(cfg: Config) -> dict[str, Any]:
+    """Everything checkable before Ray starts (so a file or config error is never retried on workers); the manifest."""
+    from unet_dist.models.weights import check_weights
+
+    manifest = check_dataset(cfg)
+    check_weights(cfg.model, cfg.storage)
+    check_resume_from(cfg)
+    check_writable(resolve(cfg.storage.uri, cfg.storage))
+    return manifest
+
+
+def prepare_data(cfg: Config, manifest: dict[str, Any]) -> PreparedData:
+    """Ray Datasets and the workers' PipelineSpec; refuses a train split too small for every worker to get a row."""
     from unet_dist.data.pipeline import build_datasets, pipeline_spec
 
-    datasets = build_datasets(cfg.data, cfg.storage, cfg.model.in_channels)
-    spec = pipeline_spec(cfg.data, cfg.storage, cfg.model.in_channels, pad_multiple=2 ** cfg.model.depth, manifest=manifest)
-    return datasets, spec
+    datasets = build_datasets(cfg.data, cfg.storage, cfg.model.in_channels, manifest)
+    spec = pipeline_spec(cfg.data, cfg.storage, cfg.model.in_channels, manifest, pad_multiple=2 ** cfg.model.depth)
+    rows = datasets["train"].count()
+    nw = cfg.resources.num_workers
+    most = nw[1] if isinstance(nw, tuple) else nw
+    if rows < most:
+        raise DataError(f"the train split of {manifest['uri']} has {rows} image(s) for {most} workers: each worker would get "
+                        f"{rows // most} or {-(-rows // most)} row(s) and some none; use resources.num_workers<={max(rows, 1)} "
+                        "or re-ingest with a larger train share (ingest.split)")
+    return PreparedData(manifest, datasets, spec, rows)
 
 
-def fit(cfg: Config, *, console: Any = None, progress: bool = True) -> TrainSummary:
-    """Train ``cfg.model`` on ``cfg.data`` with Ray Train; returns a :class:`TrainSummary`."""
-    import ray
-    import ray.train
+def loop_config(cfg: Config, run: Location, data: PreparedData) -> dict[str, Any]:
+    """What every worker receives: the config (storage settings included, secrets stay SecretStr), data spec, run."""
+    manifest = data.manifest
+    class_names = list(manifest.get("class_names") or cfg.ingest.class_names)
+    return {
+        "cfg": cfg.model_copy(update={"storage": with_env_settings(cfg.storage)}),
+        "spec": data.spec,
+        "run_uri": run.uri,
+        "train_rows": data.train_rows,
+        "extra_state": {
+            "fingerprint": manifest.get("fingerprint"),
+            "class_names": class_names,
+            "inference": inference_block(cfg, data.spec, class_names, manifest),
+        },
+        "fault": os.environ.get(FAULT_ENV),
+    }
+
+
+def inference_block(cfg: Config, spec: Any, class_names: list[str], manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint needs to run on new images with no dataset reachable: channels, classes, normalisation."""
+    return {
+        "in_channels": cfg.model.in_channels,
+        "num_classes": cfg.model.num_classes,
+        "class_names": class_names,
+        "image_stats": spec.stats,
+        "pad_multiple": spec.pad_multiple,
+        "dataset": manifest.get("uri"),
+        "fingerprint": manifest.get("fingerprint"),
+    }
+
+
+def build_trainer(cfg: Config, run: Location, *, callbacks: Sequence[Any] = (), datasets: PreparedData | None = None,
+                  gpu: GpuDecision | None = None) -> Any:
+    """The ``TorchTrainer`` for one run at ``run`` (needs a connected Ray); ``datasets`` shares prepared data."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    t_start = time.time()
-    manifest = check_dataset(cfg)
-    storage = resolve(cfg.storage.uri, cfg.storage)
-    check_writable(storage)
-    name = cfg.train.name or new_run_name()
-    run = storage / name
-    # Ray Train propagates this from the driver to its controller at fit() time, on any cluster.
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.train.worker_start_timeout_s)
-    started = _connect(cfg, quiet=progress)
-    quiet_ray_logs()
-    try:
-        from unet_dist.data.pipeline import dataset_config
+    from unet_dist.data.pipeline import dataset_config
 
-        datasets, spec = prepare_data(cfg, manifest)
-        use_gpu = _use_gpu(cfg)
-        nw = cfg.resources.num_workers
-        resources: dict[str, float] = {"CPU": cfg.resources.cpus_per_worker}
-        if use_gpu:
-            resources["GPU"] = cfg.resources.gpus_per_worker
-        train_rows = datasets["train"].count()
-        loop_config = {
-            "cfg": cfg.model_copy(update={"storage": with_env_settings(cfg.storage)}),
-            "spec": spec,
-            "run_uri": run.uri,
-            "train_rows": train_rows,
-            "class_names": list(manifest.get("class_names") or cfg.ingest.class_names),
-            "fingerprint": manifest.get("fingerprint"),
-            "fault": os.environ.get(FAULT_ENV),
-        }
-        storage_path, storage_fs = ray_storage(storage)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=nw, use_gpu=use_gpu, resources_per_worker=resources,
-                                         placement_strategy=cfg.resources.placement_strategy),
-            run_config=RunConfig(
-                name=name,
-                storage_path=storage_path,
-                storage_filesystem=storage_fs,
-                failure_config=FailureConfig(max_failures=cfg.train.max_failures,
-                                             controller_failure_limit=cfg.train.controller_failure_limit),
-                logging_config=LoggingConfig(log_level="WARNING"),
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep, checkpoint_score_attribute="val_iou",
-                                                   checkpoint_score_order="max"),
-            ),
-            datasets=datasets,
-            dataset_config=dataset_config(),
-        )
-        view = _LiveView(run, cfg, console) if progress else None
-        if view:
-            view.start()
-        try:
-            result = trainer.fit()
-        except ray.train.TrainingFailedError as err:
-            raise TrainingFailed(
-                f"training run {run.uri} failed after {cfg.train.max_failures} worker-group restarts "
-                f"(train.max_failures) or {cfg.train.controller_failure_limit} controller retries: {str(err).splitlines()[0]}; "
-                f"fix the cause and re-run with --set train.name={name} to resume from its newest checkpoint"
-            ) from err
-        finally:
-            if view:
-                view.stop()
-        if result.error is not None:
-            raise TrainingFailed(f"training run {run.uri} failed: {result.error}") from result.error
-        return _summary(run, cfg, name, nw, use_gpu, time.time() - t_start)
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _summary(run: Location, cfg: Config, name: str, nw: Any, use_gpu: bool, duration: float) -> TrainSummary:
-    from unet_dist.train import checkpoint as ckpt
-
-    rows = RunFiles(run).read_lines(METRICS_FILE)
-    complete = {e: loc for e, loc in ckpt.complete_checkpoints(run)}
-    best_row = max((r for r in rows if r["epoch"] in complete), key=lambda r: r["val_iou"], default=None)
-    last = max(complete) if complete else None
-    final = scalar_metrics(rows[-1]) if rows else {}
-    return TrainSummary(
-        name=name, run_dir=run.uri, epochs=len(rows),
-        best_val_iou=best_row["val_iou"] if best_row else None,
-        best_epoch=best_row["epoch"] if best_row else None,
-        best_checkpoint=complete[best_row["epoch"]].uri if best_row else None,
-        last_checkpoint=complete[last].uri if last is not None else None,
-        final_metrics=final, metrics_file=(run / METRICS_FILE).uri, tensorboard_dir=(run / "tensorboard").uri,
-        num_workers=nw, use_gpu=use_gpu, duration_s=round(duration, 2),
+    data = datasets or prepare_data(cfg, check_dataset(cfg))
+    gpu = gpu or decide_gpu(cfg)
+    resources: dict[str, float] = {"CPU": cfg.resources.cpus_per_worker}
+    if gpu.use_gpu:
+        resources["GPU"] = cfg.resources.gpus_per_worker
+    storage_path, storage_fs = ray_storage(run.parent)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(cfg, run, data),
+        torch_config=TorchConfig(backend="nccl" if gpu.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.resources.num_workers, use_gpu=gpu.use_gpu, resources_per_worker=resources,
+                                     placement_strategy=cfg.resources.placement_strategy),
+        run_config=RunConfig(
+            name=run.name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=list(callbacks),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures,
+                                         controller_failure_limit=cfg.train.controller_failure_limit),
+            logging_config=LoggingConfig(log_level="WARNING"),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep, checkpoint_score_attribute=cfg.train.monitor,
+                                               checkpoint_score_order=cfg.train.monitor_mode),
+        ),
+        datasets=data.datasets,
+        dataset_config=dataset_config(),
     )
 
 
-class _LiveView:
-    """A driver thread polling ``progress.json`` / ``metrics.jsonl`` into a rich live panel."""
+def code_version() -> str:
+    import unet_dist
 
-    def __init__(self, run: Location, cfg: Config, console: Any = None, interval: float = 1.0) -> None:
-        from rich.console import Console
+    return unet_dist.__version__
 
-        self.run, self.cfg, self.interval = run, cfg, interval
-        self.console = console or Console(stderr=True)
+
+def fit(cfg: Config, *, console: Any = None, progress: bool = True, verbose: bool = False) -> TrainSummary:
+    """Train ``cfg.model`` on ``cfg.data`` with Ray Train; returns a :class:`TrainSummary`."""
+    from rich.console import Console
+
+    t_start = time.time()
+    console = console or Console(stderr=True)
+    manifest = preflight(cfg)
+    name = cfg.train.name or new_run_name()
+    run = RunDir(resolve(cfg.storage.uri, cfg.storage) / name)
+    # Ray Train propagates this from the driver to its controller at fit() time, on any cluster.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.train.worker_start_timeout_s)
+    with ray_session(cfg, quiet=progress, verbose=verbose):
+        data = prepare_data(cfg, manifest)
+        gpu = decide_gpu(cfg)
+        console.print(f"[dim]{gpu.reason}[/]", highlight=False)
+        trainer = build_trainer(cfg, run.loc, datasets=data, gpu=gpu)
+        _start_record(run, cfg, name, manifest, gpu)
+        _run(trainer, run, cfg, name, console if progress else None)
+    return summarize(run, cfg, gpu.use_gpu, time.time() - t_start)
+
+
+def _start_record(run: RunDir, cfg: Config, name: str, manifest: dict[str, Any], gpu: GpuDecision) -> None:
+    previous = run.read_record()
+    record = new_record(cfg, name, run.uri, {"uri": manifest.get("uri"), "fingerprint": manifest.get("fingerprint")},
+                        code_version())
+    if previous:
+        record["started_at"] = previous.get("started_at", record["started_at"])
+        record["resumed_at"] = [*previous.get("resumed_at", []), record["updated_at"]]
+    run.write_record({**record, "use_gpu": gpu.use_gpu, "gpu_reason": gpu.reason})
+
+
+def _run(trainer: Any, run: RunDir, cfg: Config, name: str, console: Any) -> None:
+    """``trainer.fit()`` under the live view; failures and interrupts close the run record and become user errors."""
+    import ray.train
+
+    view = LiveView(run, cfg, console) if console is not None else None
+    try:
+        with view or contextlib.nullcontext():
+            result = trainer.fit()
+    except KeyboardInterrupt:
+        finish_record(run, "stopped", "interrupted by the user (Ctrl-C)")
+        raise RunInterrupted(f"interrupted: run {run.uri} stopped; its checkpoints are kept. Resume it with: "
+                             f"unet-dist train --data {cfg.data.dataset} --storage {cfg.storage.uri} --name {name} "
+                             "(plus the same --config/--set options)") from None
+    except ray.train.TrainingFailedError as err:
+        cause = failure_cause(err)
+        finish_record(run, "failed", cause)
+        raise TrainingFailed(f"training run {run.uri} failed: {cause} (after up to {cfg.train.max_failures} worker-group "
+                             f"restarts, train.max_failures); fix the cause and re-run with --name {name} to resume "
+                             "from its newest checkpoint") from err
+    if result.error is not None:
+        cause = failure_cause(result.error)
+        finish_record(run, "failed", cause)
+        raise TrainingFailed(f"training run {run.uri} failed: {cause}") from result.error
+    finish_record(run, "finished")
+
+
+def failure_cause(err: BaseException) -> str:
+    """One line naming the worker's (or controller's) exception, from Ray Train's failure error."""
+    causes: list[BaseException] = []
+    for attr in ("worker_failures", "errors"):
+        found = getattr(err, attr, None)
+        if isinstance(found, dict):
+            causes += [e for e in found.values() if isinstance(e, BaseException)]
+    seen: BaseException | None = err
+    while not causes and seen is not None:
+        seen = seen.__cause__ or seen.__context__
+        if seen is not None and not type(seen).__name__.startswith(("TrainingFailed", "WorkerGroup", "RayTaskError")):
+            causes.append(seen)
+    if not causes:
+        return _last_exception_line(str(err)) or type(err).__name__
+    first = causes[0]
+    text = _last_exception_line(str(first)) or type(first).__name__
+    return text if text.startswith(type(first).__name__) else f"{type(first).__name__}: {text}"
+
+
+def _last_exception_line(text: str) -> str:
+    """The ``Type: message`` line of a traceback text (Ray embeds worker tracebacks in error strings)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head and head.replace(".", "").replace("_", "").isalnum() and head[0].isupper() and ":" in line:
+            return line
+    return lines[-1] if lines else ""
+
+
+def summarize(run: RunDir, cfg: Config, use_gpu: bool, duration: float) -> TrainSummary:
+    """The summary of a run from its record and files on storage."""
+    record = run.read_record() or {}
+    checkpoints = run.checkpoints()
+    best = record.get("best") or {}
+    return TrainSummary(
+        name=run.loc.name, run_dir=run.uri, epochs=record.get("epochs", 0), monitor=cfg.train.monitor,
+        best_metric=best.get("value"), best_val_iou=record.get("best_val_iou"), best_epoch=record.get("best_epoch"),
+        best_checkpoint=record.get("best_checkpoint"),
+        last_checkpoint=checkpoints[max(checkpoints)].uri if checkpoints else None,
+        final_metrics=record.get("final_metrics", {}), metrics_file=(run.loc / "metrics.jsonl").uri,
+        tensorboard_dir=(run.loc / "tensorboard").uri, num_workers=cfg.resources.num_workers, use_gpu=use_gpu,
+        duration_s=round(duration, 2),
+    )
+
+
+class LiveView:
+    """A driver thread polling ``progress.json`` / ``metrics.jsonl`` into a rich live panel (a context manager)."""
+
+    def __init__(self, run: RunDir, cfg: Config, console: Any, interval: float = 1.0) -> None:
+        import threading
+
+        self.run, self.cfg, self.interval, self.console = run, cfg, interval, console
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="unet-dist-progress", daemon=True)
         self._t0 = time.time()
 
-    def start(self) -> None:
+    def __enter__(self) -> "LiveView":
         self._thread.start()
+        return self
 
-    def stop(self) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
 
     def _read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         try:
-            prog = json.loads((self.run / PROGRESS_FILE).read_text()) if (self.run / PROGRESS_FILE).exists() else {}
-            rows = RunFiles(self.run).read_lines(METRICS_FILE)
+            return self.run.read_progress(), self.run.metrics()
         except Exception:  # storage hiccups must never kill the run's driver
             return {}, []
-        return prog, rows
 
     def render(self) -> Any:
         from rich.table import Table
 
         prog, rows = self._read()
-        epochs = self.cfg.train.epochs
-        epoch = prog.get("epoch", 0)
+        tcfg = self.cfg.train
+        epochs, monitor = tcfg.epochs, tcfg.monitor
         t = Table(title=f"unet-dist train · {self.run.uri}", show_header=True, expand=False)
-        for col in ("epoch", "step", "loss", "val IoU", "best IoU", "img/s", "elapsed", "ETA"):
+        for col in ("epoch", "step", "loss", "val IoU", monitor, f"best {monitor}", "img/s", "elapsed", "ETA"):
             t.add_column(col, justify="right")
         done = len(rows)
-        elapsed = time.time() - self._t0
         per_epoch = sum(r["epoch_time_s"] for r in rows) / done if done else None
-        eta = f"{per_epoch * (epochs - done):.0f}s" if per_epoch else "-"
-        best = max((r["val_iou"] for r in rows), default=None)
+        values = [r[monitor] for r in rows if isinstance(r.get(monitor), (int, float))]
+        best = (max if tcfg.monitor_mode == "max" else min)(values) if values else None
         last = rows[-1] if rows else {}
         t.add_row(
-            f"{min(epoch + 1, epochs)}/{epochs}",
+            f"{min(prog.get('epoch', 0) + 1, epochs)}/{epochs}",
             f"{prog.get('step', 0)}/{prog.get('steps_per_epoch', '?')}",
             f"{prog['loss']:.4f}" if "loss" in prog else "-",
             f"{last['val_iou']:.4f}" if last else "-",
+            f"{last[monitor]:.4f}" if last.get(monitor) is not None else "-",
             f"{best:.4f}" if best is not None else "-",
             f"{prog.get('images_per_s', 0):.1f}",
-            f"{elapsed:.0f}s",
-            eta,
+            f"{time.time() - self._t0:.0f}s",
+            f"{per_epoch * (epochs - done):.0f}s" if per_epoch else "-",
         )
         return t
 
@@ -270,4 +365,5 @@ class _LiveView:
             live.update(self.render())
 
 
-__all__ = ["fit", "TrainSummary", "TrainingFailed", "new_run_name", "check_dataset", "prepare_data"]
+__all__ = ["fit", "build_trainer", "preflight", "prepare_data", "TrainSummary", "TrainingFailed", "RunInterrupted",
+           "new_run_name", "check_dataset"]

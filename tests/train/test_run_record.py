@@ -1,0 +1,122 @@
+"""run.json for finished, failed and interrupted runs, read back through the run module; Ctrl-C and resume;
+errors found before Ray starts are never retried on workers."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from unet_dist.runs import RunDir
+from unet_dist.storage import resolve
+from unet_dist.train import TrainingFailed, fit
+from unet_dist.train.loop import FAULT_ENV
+
+COMMON = ("data.crop_size=64", "resources.num_workers=1", "train.warmup_epochs=0")
+
+
+@pytest.mark.ray
+def test_finished_run_record(small_config, ray_local, synthetic_dataset, tmp_path) -> None:
+    summary = fit(small_config(synthetic_dataset, str(tmp_path), *COMMON, "train.epochs=2", "train.name=done"), progress=False)
+    record = RunDir(resolve(summary.run_dir)).read_record()
+    assert record["status"] == "finished" and record["error"] is None and record["ended_at"]
+    assert record["epochs"] == 2 and record["epochs_planned"] == 2 and record["code_version"]
+    assert record["dataset"]["uri"] == resolve(synthetic_dataset).uri and len(record["dataset"]["fingerprint"]) == 64
+    assert record["monitor"] == {"metric": "val_mean_iou", "mode": "max"}
+    assert record["best_checkpoint"] == summary.best_checkpoint and record["best_epoch"] == summary.best_epoch
+    assert record["best"]["value"] == summary.best_metric and record["final_metrics"]["epoch"] == 1
+    assert record["use_gpu"] is False and "resources.use_gpu=false" in record["gpu_reason"]
+
+
+@pytest.mark.ray
+def test_failed_run_record_names_the_worker_exception(small_config, ray_local, synthetic_dataset, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(FAULT_ENV, "rank=0,epoch=1,step=0,raise=boom in the data loader")
+    cfg = small_config(synthetic_dataset, str(tmp_path), *COMMON, "train.epochs=3", "train.name=broken", "train.max_failures=0")
+    with pytest.raises(TrainingFailed) as err:
+        fit(cfg, progress=False)
+    line = str(err.value)
+    assert "RuntimeError: boom in the data loader" in line and "\n" not in line and "--name broken" in line
+    record = RunDir(resolve(tmp_path) / "broken").read_record()
+    assert record["status"] == "failed" and "boom in the data loader" in record["error"]
+    assert record["epochs"] == 1 and record["best_epoch"] == 0
+
+
+def _ray_pids(mark: str) -> list[int]:
+    """PIDs of processes whose environment carries ``mark`` (the CLI and every Ray process it started)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and mark.encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.ray
+def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path) -> None:
+    mark = f"UNET_DIST_TEST_MARK={uuid.uuid4().hex}"
+    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1], "RAY_TMPDIR": str(tmp_path / "ray"), "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    (tmp_path / "ray").mkdir()
+    cmd = [sys.executable, "-m", "unet_dist", "train", "--data", synthetic_dataset, "--storage", str(tmp_path / "runs"),
+           "--name", "r", "--epochs", "6", "--json", "--workers", "1",
+           *[a for kv in (*COMMON, "model.base_filters=8", "model.depth=3", "resources.cpus_per_worker=0.5",
+                          "resources.torch_threads=1", "resources.use_gpu=false") for a in ("--set", kv)]]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = RunDir(resolve(tmp_path / "runs" / "r"))
+    deadline = time.time() + 240
+    while not run.metrics() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert run.metrics(), "no epoch finished before the interrupt"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--name r" in err and "Traceback" not in err
+    deadline = time.time() + 30
+    while _ray_pids(mark) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _ray_pids(mark), "Ray processes outlived the interrupted command"
+    record = run.read_record()
+    assert record["status"] == "stopped" and 1 <= record["epochs"] < 6
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = run.read_record()
+    assert record["status"] == "finished" and record["epochs"] == 6 and record["resumed_at"]
+    assert [r["epoch"] for r in run.metrics()] == list(range(6))
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_a_state_dict", "malicious"])
+def test_bad_weights_fail_fast_before_ray(kind, synthetic_dataset, tmp_path) -> None:
+    weights, marker = tmp_path / "enc.pt", tmp_path / "pwned"
+    if kind == "not_a_state_dict":
+        torch.save(["not", "tensors"], weights)
+    elif kind == "malicious":
+        weights.write_bytes(pickle.dumps({"conv.weight": _Payload(str(marker))}))
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "unet_dist", "train", "--data", synthetic_dataset, "--storage",
+                           str(tmp_path / "runs"), "--set", f"model.weights={weights}"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and time.time() - start < 10, proc.stderr
+    err = proc.stderr.strip()
+    assert err.count("\n") == 0 and "model.weights" in err and "Traceback" not in err
+    assert "weights_only=False" not in err and not marker.exists()
+    assert not (tmp_path / "ray").exists(), "Ray was started before the weights were checked"

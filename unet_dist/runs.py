@@ -1,0 +1,199 @@
+"""The on-storage layout of a training run, in one place.
+
+A run directory ``STORAGE/<name>/`` holds::
+
+    run.json                  # the run record: config (no secrets), dataset, code version, status, best, final metrics
+    metrics.jsonl             # one line per completed epoch (all reported metrics, confusion matrix)
+    events.jsonl              # each worker-group start (resume source, nodes) and each completed epoch
+    progress.json             # the latest step, for live views
+    tensorboard/              # TensorBoard event files
+    epoch_NNNN/state.pt       # a checkpoint (torch, loadable with weights_only=True) ...
+    epoch_NNNN/COMPLETE       # ... and its marker, written last: file sizes and the epoch
+
+Train, tune and collect read and write runs through this module only; it imports nothing of the package
+but storage and config, so a collector reads runs without the training code (or torch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Literal
+
+from unet_dist.config import Config
+from unet_dist.errors import StorageError
+from unet_dist.storage import Location
+
+RUN_RECORD = "run.json"
+METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.jsonl"
+PROGRESS_FILE = "progress.json"
+TENSORBOARD_DIR = "tensorboard"
+STATE_FILE = "state.pt"
+MARKER_FILE = "COMPLETE"
+RECORD_SCHEMA = 1
+_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+
+Status = Literal["running", "finished", "failed", "stopped"]
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def is_complete(loc: Location) -> bool:
+    """True when a checkpoint folder's marker exists and every file it lists has the recorded size."""
+    marker = loc / MARKER_FILE
+    try:
+        if not marker.exists():
+            return False
+        files = json.loads(marker.read_text())["files"]
+        return all(loc.fs.size((loc / name).path) == size for name, size in files.items())
+    except (StorageError, OSError, ValueError, KeyError):
+        return False
+
+
+def checkpoint_epoch(loc: Location) -> int | None:
+    """Epoch recorded in a checkpoint's marker (None if it has none)."""
+    try:
+        return json.loads((loc / MARKER_FILE).read_text()).get("epoch")
+    except (StorageError, OSError, ValueError):
+        return None
+
+
+def marker_text(sizes: dict[str, int], epoch: int | None) -> str:
+    return json.dumps({"files": sizes, "epoch": epoch})
+
+
+@dataclass(frozen=True)
+class Best:
+    """The kept-best epoch by the monitored metric, with its checkpoint."""
+
+    metric: str
+    mode: str
+    value: float
+    epoch: int
+    checkpoint: str
+    row: dict[str, Any]
+
+
+def pick_best(rows: Iterable[dict[str, Any]], checkpoints: dict[int, Location], metric: str, mode: str) -> Best | None:
+    """The best metrics row (by ``metric``/``mode``) among epochs that have a complete checkpoint; ties keep the earliest."""
+    sign = 1.0 if mode == "max" else -1.0
+    candidates = [r for r in rows if r["epoch"] in checkpoints and isinstance(r.get(metric), (int, float))]
+    if not candidates:
+        return None
+    row = max(candidates, key=lambda r: (sign * r[metric], -r["epoch"]))
+    return Best(metric, mode, float(row[metric]), int(row["epoch"]), checkpoints[row["epoch"]].uri, row)
+
+
+def scalar_metrics(row: dict[str, Any]) -> dict[str, int | float]:
+    """The numeric fields of a metrics row: what Ray Train reports and checkpoints and summaries carry."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float))}
+
+
+class RunDir:
+    """One run directory: its JSON-lines files, checkpoints and run record (read-modify-write: S3 has no append)."""
+
+    def __init__(self, loc: Location) -> None:
+        self.loc = loc
+
+    @property
+    def uri(self) -> str:
+        return self.loc.uri
+
+    def read_lines(self, name: str) -> list[dict[str, Any]]:
+        loc = self.loc / name
+        if not loc.exists():
+            return []
+        return [json.loads(line) for line in loc.read_text().splitlines() if line.strip()]
+
+    def _write_lines(self, name: str, rows: list[dict[str, Any]]) -> None:
+        (self.loc / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def append(self, name: str, row: dict[str, Any]) -> None:
+        self._write_lines(name, self.read_lines(name) + [row])
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return self.read_lines(METRICS_FILE)
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.read_lines(EVENTS_FILE)
+
+    def truncate_metrics(self, start_epoch: int) -> None:
+        """Drop metrics of epochs that will be trained again (after a crash before their checkpoint)."""
+        rows = self.metrics()
+        keep = [r for r in rows if r["epoch"] < start_epoch]
+        if len(keep) != len(rows):
+            self._write_lines(METRICS_FILE, keep)
+
+    def progress(self, **fields: Any) -> None:
+        (self.loc / PROGRESS_FILE).write_text(json.dumps({"time": time.time(), **fields}))
+
+    def read_progress(self) -> dict[str, Any]:
+        loc = self.loc / PROGRESS_FILE
+        return json.loads(loc.read_text()) if loc.exists() else {}
+
+    def checkpoints(self) -> dict[int, Location]:
+        """``{epoch: location}`` of every complete checkpoint folder, oldest first."""
+        found = {}
+        for child in self.loc.ls():
+            m = _EPOCH_DIR.match(child.name)
+            if m and is_complete(child):
+                found[int(m.group(1))] = child
+        return dict(sorted(found.items()))
+
+    def best(self, metric: str, mode: str, rows: list[dict[str, Any]] | None = None) -> Best | None:
+        return pick_best(self.metrics() if rows is None else rows, self.checkpoints(), metric, mode)
+
+    def read_record(self) -> dict[str, Any] | None:
+        loc = self.loc / RUN_RECORD
+        return json.loads(loc.read_text()) if loc.exists() else None
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        (self.loc / RUN_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+    def update_record(self, **fields: Any) -> dict[str, Any]:
+        record = {**(self.read_record() or {}), **fields, "updated_at": now_iso()}
+        self.write_record(record)
+        return record
+
+
+def new_record(cfg: Config, name: str, uri: str, dataset: dict[str, Any], code_version: str) -> dict[str, Any]:
+    """A run record for a run that is starting (status ``running``)."""
+    return {
+        "schema": RECORD_SCHEMA, "kind": "train", "name": name, "uri": uri, "status": "running", "error": None,
+        "config": cfg.to_dict(), "dataset": dataset, "code_version": code_version,
+        "started_at": now_iso(), "ended_at": None, "updated_at": now_iso(),
+        "epochs": 0, "epochs_planned": cfg.train.epochs,
+        "monitor": {"metric": cfg.train.monitor, "mode": cfg.train.monitor_mode},
+        "best": None, "best_val_iou": None, "best_epoch": None, "best_checkpoint": None, "final_metrics": {},
+    }
+
+
+def progress_fields(rows: list[dict[str, Any]], best: Best | None) -> dict[str, Any]:
+    """The record fields that follow each epoch: epochs done, best (monitored metric, epoch, checkpoint), final metrics."""
+    return {
+        "epochs": len(rows),
+        "best": None if best is None else {"metric": best.metric, "mode": best.mode, "value": best.value,
+                                           "epoch": best.epoch, "checkpoint": best.checkpoint},
+        "best_val_iou": None if best is None else best.row.get("val_iou"),
+        "best_epoch": None if best is None else best.epoch,
+        "best_checkpoint": None if best is None else best.checkpoint,
+        "final_metrics": scalar_metrics(rows[-1]) if rows else {},
+    }
+
+
+def finish_record(run: RunDir, status: Status, error: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Close a run record with its final status, end time and the best/final metrics found on storage."""
+    cfg_monitor = (run.read_record() or {}).get("monitor") or {"metric": "val_mean_iou", "mode": "max"}
+    rows = run.metrics()
+    best = run.best(cfg_monitor["metric"], cfg_monitor["mode"], rows)
+    return run.update_record(status=status, error=error, ended_at=now_iso(), **progress_fields(rows, best), **extra)

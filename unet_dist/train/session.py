@@ -1,0 +1,177 @@
+"""The Ray connection shared by train, evaluate and tune: connect, environment defaults, logging, GPU choice.
+
+:func:`ray_session` attaches to ``resources.address`` / ``RAY_ADDRESS`` or starts a local Ray, keeps Ray's
+own chatter in Ray's log files, and shuts down only what it started. :func:`decide_gpu` resolves
+``resources.use_gpu=auto`` from what the cluster has *and* what its autoscaler can launch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from unet_dist.config import Config
+from unet_dist.errors import UserError
+
+RAY_ENV_DEFAULTS = {
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "1",
+}
+"""Environment every process we start Ray from gets (unless the user set them)."""
+
+QUIET_LOGGERS = ("ray", "ray.train", "ray.data", "ray.tune")
+
+
+def apply_env_defaults(address: str | None = None) -> None:
+    """Ray environment defaults; a local Ray (no address) also runs without auth tokens (see the field notes)."""
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if not address:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def quiet_ray_logs(verbose: bool = False) -> None:
+    """Keep Ray's INFO chatter (per-report dumps, execution plans, deprecations) out of the user's terminal.
+
+    Ray still writes everything to its session log files; ``verbose`` leaves Ray's loggers as they are.
+    """
+    if verbose:
+        return
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR if name == "ray" else logging.WARNING)
+    with contextlib.suppress(ImportError):
+        from ray.util.annotations import RayDeprecationWarning
+
+        warnings.filterwarnings("ignore", category=RayDeprecationWarning)
+    with contextlib.suppress(ImportError):
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+
+
+def resolve_address(cfg: Config) -> str | None:
+    return cfg.resources.address or os.environ.get("RAY_ADDRESS") or None
+
+
+@contextlib.contextmanager
+def ray_session(cfg: Config, *, quiet: bool = True, verbose: bool = False, **init_kwargs: Any) -> Iterator[bool]:
+    """Attach to the configured cluster or start a local Ray for the block; yields True if this call started it.
+
+    ``quiet`` keeps workers' output out of the console for a local Ray (the live view shows progress;
+    worker errors still surface as exceptions, full logs stay in Ray's session log dir).
+    """
+    import ray
+
+    if ray.is_initialized():
+        quiet_ray_logs(verbose)
+        yield False
+        return
+    address = resolve_address(cfg)
+    apply_env_defaults(address)
+    try:
+        ray.init(address=address, configure_logging=not verbose, logging_level=logging.WARNING if not verbose else logging.INFO,
+                 log_to_driver=verbose or not (quiet and not address), **init_kwargs)
+    except ConnectionError as err:
+        raise UserError(f"cannot connect to the Ray cluster at {address!r} (resources.address / RAY_ADDRESS): {err}") from None
+    quiet_ray_logs(verbose)
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+@dataclass(frozen=True)
+class GpuDecision:
+    """Whether a run uses GPUs, and why (printed at start)."""
+
+    use_gpu: bool
+    reason: str
+
+
+def decide_gpu(cfg: Config) -> GpuDecision:
+    """``resources.use_gpu`` resolved against the connected cluster: ``auto`` picks GPUs when a node has them
+    now or when the autoscaler can launch a node type that has them."""
+    setting = cfg.resources.use_gpu
+    if setting != "auto":
+        return GpuDecision(bool(setting), f"resources.use_gpu={str(setting).lower()}")
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus > 0:
+        return GpuDecision(True, f"use_gpu=auto: the cluster has {gpus:g} GPU(s)")
+    launchable = launchable_gpu_node_types()
+    if launchable:
+        names = ", ".join(f"{name} ({n:g} GPU)" for name, n in launchable.items())
+        return GpuDecision(True, f"use_gpu=auto: no GPU node is up, but the autoscaler can launch {names}")
+    return GpuDecision(False, "use_gpu=auto: no GPU in the cluster and no GPU node type the autoscaler can launch; training on CPU")
+
+
+def launchable_gpu_node_types() -> dict[str, float]:
+    """``{node type: GPUs per node}`` of autoscaler node types that have GPUs and may launch nodes.
+
+    Read from the cluster config the autoscaler publishes to the GCS when there is one, else from the
+    autoscaling config on the head node (the launcher's ``~/ray_bootstrap_config.yaml``, or the
+    ``--autoscaling-config`` a head was started with), read by a zero-CPU task on the head. Empty when the
+    cluster has no autoscaler.
+    """
+    import ray
+
+    published = _published_node_types()
+    if published is not None:
+        return published
+    read = ray.remote(num_cpus=0, resources={"node:__internal_head__": 0.001})(head_autoscaling_config)
+    try:
+        config = ray.get(read.remote(), timeout=30)
+    except Exception:  # no head resource (Ray client, old clusters): treat as no autoscaler
+        return {}
+    return gpu_node_types(config or {})
+
+
+def gpu_node_types(config: dict[str, Any]) -> dict[str, float]:
+    """GPU node types with ``max_workers`` > 0 in a cluster-launcher config."""
+    out: dict[str, float] = {}
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        gpus = float((node_type.get("resources") or {}).get("GPU", 0))
+        if gpus > 0 and int(node_type.get("max_workers", config.get("max_workers", 0)) or 0) > 0:
+            out[name] = gpus
+    return out
+
+
+def _published_node_types() -> dict[str, float] | None:
+    try:
+        from ray._private.state import state
+
+        cluster_config = state.get_cluster_config()
+    except Exception:
+        return None
+    if not cluster_config:
+        return None
+    return {g.name: float(g.resources["GPU"]) for g in cluster_config.node_group_configs
+            if g.resources.get("GPU", 0) > 0 and g.max_count != 0}
+
+
+def head_autoscaling_config() -> dict[str, Any] | None:
+    """The autoscaling config on this (head) node, or None: runs as a Ray task on the head."""
+    from pathlib import Path
+
+    import yaml
+
+    paths = [Path("~/ray_bootstrap_config.yaml").expanduser()]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmd = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(part.endswith("monitor.py") for part in cmd):
+            paths += [Path(a.split("=", 1)[1]) for a in cmd if a.startswith("--autoscaling-config=")]
+    for path in paths:
+        if path.is_file():
+            return yaml.safe_load(path.read_text())
+    return None

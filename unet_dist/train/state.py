@@ -1,0 +1,103 @@
+"""A worker's training state: model, optimiser, LR schedule, AMP scaler and loss, with save and resume.
+
+Kept apart from the epoch phases (:mod:`unet_dist.train.loop`) and from what rank 0 records
+(:mod:`unet_dist.train.recorder`), as Ray Train's controller keeps its state apart from its callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from unet_dist.config import Config
+from unet_dist.train import checkpoint as ckpt
+from unet_dist.train.losses import create_loss
+from unet_dist.train.optim import create_optimizer, create_scheduler
+
+
+def amp_context(device: torch.device, enabled: bool) -> tuple[Callable[[], Any], torch.dtype | None]:
+    """``(autocast factory, dtype)``: bf16 where supported, else fp16 (with a scaler); a no-op off CUDA."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return (lambda: torch.autocast("cuda", dtype=dtype)), dtype
+
+
+@dataclass
+class TrainState:
+    """What one worker trains; ``model`` is DDP-wrapped when the world has more than one rank, ``core`` never is."""
+
+    model: torch.nn.Module
+    core: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module
+    autocast: Callable[[], Any]
+    channels_last: bool
+    start_epoch: int = 0
+    resumed_from: str | None = None
+    full_state: bool = False
+
+    @classmethod
+    def build(cls, cfg: Config, device: torch.device, steps_per_epoch: int, resume: tuple[str | None, bool]) -> "TrainState":
+        """Build everything for ``cfg`` and restore ``resume = (uri, full)``: full state, or weights only when not ``full``."""
+        import ray.train.torch
+
+        from unet_dist.models import create_unet
+
+        tcfg = cfg.train
+        resumed_from, full = resume
+        model = create_unet(cfg.model, storage=cfg.storage)
+        saved = ckpt.load_checkpoint(resumed_from, cfg.storage) if resumed_from else None
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+        channels_last = tcfg.channels_last and device.type == "cuda"
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model = ray.train.torch.prepare_model(model)
+        core = getattr(model, "module", model)
+        optimizer = create_optimizer(core.parameters(), tcfg)
+        scheduler = create_scheduler(optimizer, tcfg, steps_per_epoch)
+        autocast, amp_dtype = amp_context(device, tcfg.amp)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        loss_fn = create_loss(tcfg.loss, cfg.model.num_classes, tcfg.class_weights).to(device)
+        state = cls(model, core, optimizer, scheduler, scaler, loss_fn, autocast, channels_last,
+                    resumed_from=resumed_from, full_state=full)
+        if saved is not None and full:
+            state.restore(saved)
+        return state
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue a run: optimiser, schedule and scaler as saved, from the epoch after the saved one."""
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        self.start_epoch = int(saved["epoch"]) + 1
+
+    def snapshot(self, epoch: int) -> dict[str, Any]:
+        """The resumable part of a checkpoint (CPU tensors and plain values)."""
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.core.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "epoch": epoch,
+        }
+
+    def step(self, clip: float | None) -> None:
+        """One optimiser step (unscale and clip first when asked), then clear the gradients."""
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.core.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
