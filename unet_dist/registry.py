@@ -6,6 +6,7 @@ metadata. Plain Python (no torch), so config validation and docs can use it with
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 from unet_dist.errors import ConfigError
@@ -50,7 +51,7 @@ class Registry(Generic[T]):
     def meta(self, name: str) -> Mapping[str, Any]:
         """The metadata ``name`` was registered with (unknown names raise as in :meth:`get`)."""
         self.get(name)
-        return self._meta[name]
+        return MappingProxyType(self._meta[name])
 
     def list(self) -> list[str]:
         """Registered names in registration order."""
