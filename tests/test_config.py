@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import pytest
 import yaml
 
-from unet_dist.config import Config, load_config, parse_overrides
+from unet_dist.config import Config, ModelConfig, load_config, parse_overrides, validate_section
 from unet_dist.errors import ConfigError
+from unet_dist.models.blocks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, POOLING, UNPOOLING
+from unet_dist.models.registry import BACKBONES
+from unet_dist.registry import Registry
+from unet_dist.train.losses import LOSSES
+from unet_dist.train.optim import OPTIMIZERS, SCHEDULERS
+
+REGISTRIES = [BACKBONES, POOLING, UNPOOLING, ACTIVATIONS, OUTPUT_ACTIVATIONS, NORMS, LOSSES, OPTIMIZERS, SCHEDULERS]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,3 +76,41 @@ def test_example_configs_load(path):
     from unet_dist.models import check_model_config
 
     check_model_config(load_config(path).model)
+
+
+def _field_type(key: str) -> object:
+    section, name = key.split(".")
+    return Config.model_fields[section].annotation.model_fields[name].annotation
+
+
+@pytest.mark.parametrize("registry", REGISTRIES, ids=lambda r: r.key)
+def test_config_choices_equal_the_registry(registry: Registry) -> None:
+    """Where the schema spells the choices as a Literal (for the README reference), it equals the registry."""
+    typ = _field_type(registry.key)
+    if get_origin(typ) is Literal:
+        assert sorted(get_args(typ)) == sorted(registry.list())
+    else:
+        assert typ is str
+
+
+@pytest.mark.parametrize("registry", REGISTRIES, ids=lambda r: r.key)
+def test_config_refuses_unknown_choice_in_one_line(registry: Registry) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[f"{registry.key}=nope"])
+    msg = str(err.value)
+    assert msg.startswith(f"{registry.key}: ") and "'nope'" in msg and "\n" not in msg
+    assert all(name in msg for name in registry)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: Config.model_validate({"model": {"backbone": "resnet9"}}),
+    lambda: validate_section(Config, {"model": {"backbone": "resnet9"}}, ""),
+    lambda: validate_section(ModelConfig, {"backbone": "resnet9"}, "model"),
+    lambda: ModelConfig(backbone="resnet9"),
+    lambda: setattr(ModelConfig(), "backbone", "resnet9"),
+], ids=["model_validate", "validate_section", "validate_section-model", "ModelConfig", "assignment"])
+def test_registry_errors_surface_as_the_one_line_config_error(build) -> None:
+    with pytest.raises(ConfigError) as err:
+        build()
+    assert str(err.value).startswith("model.backbone: unknown backbone 'resnet9'; choose one of: scratch, vgg11")
+    assert "\n" not in str(err.value)

@@ -36,12 +36,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace, extra: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
-    """Config from --config and --set, with command-line flags applied last; registry-checked."""
-    cfg = load_config(args.config, [*args.overrides, *extra], base=base)
-    from unet_dist.models import check_model_config
-
-    check_model_config(cfg.model)
-    return cfg
+    """Config from --config and --set, with command-line flags applied last (validation includes the registries)."""
+    return load_config(args.config, [*args.overrides, *extra], base=base)
 
 
 def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:

@@ -52,12 +52,12 @@ class ModelConfig(_Section):
     freeze_bn: bool = False
 
     @model_validator(mode="after")
-    def _maxunpool_needs_max(self) -> "ModelConfig":
-        if self.unpooling == "maxunpool" and self.backbone == "scratch" and self.pooling != "max":
-            raise ValueError(
-                f"model.unpooling: 'maxunpool' needs the pooling indices of max pooling, but model.pooling is "
-                f"'{self.pooling}'; set model.pooling=max or choose another unpooling (transpose, bilinear, nearest, pixelshuffle)"
-            )
+    def _fits_the_registries(self) -> "ModelConfig":
+        """Unknown backbone, depth out of its range, maxunpool rules, torchvision weights names: refused here,
+        before any cluster starts. The checks live with the model registries (imported on first use)."""
+        from unet_dist.models import check_model_config
+
+        check_model_config(self)
         return self
 
 

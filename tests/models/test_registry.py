@@ -1,4 +1,4 @@
-"""The registries equal the config's choices; registry-dependent config errors are clear."""
+"""The registry type; the registries equal the config's choices; registry-dependent config errors are clear."""
 
 from __future__ import annotations
 
@@ -8,8 +8,43 @@ import pytest
 
 from unet_dist.config import ModelConfig, load_config
 from unet_dist.errors import ConfigError
-from unet_dist.models import check_model_config, get_backbone, list_backbones, register_backbone, registry_info
-from unet_dist.models.registry import CONFIG_LITERALS
+from unet_dist.models import check_model_config, get_backbone, list_backbones, register_backbone, registry_info, variants
+from unet_dist.models.blocks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, POOLING, UNPOOLING
+from unet_dist.models.registry import BACKBONES, CONFIG_LITERALS, maxunpool_problem
+from unet_dist.registry import Registry
+
+MODEL_REGISTRIES = [BACKBONES, POOLING, UNPOOLING, ACTIVATIONS, OUTPUT_ACTIVATIONS, NORMS]
+
+
+def test_registry_type() -> None:
+    reg: Registry[int] = Registry("colour", key="paint.colour")
+    assert reg.register("red", warm=True)(1) == 1
+    reg.add("blue", 2)
+    assert reg.list() == ["red", "blue"] == list(reg) and len(reg) == 2
+    assert "red" in reg and "green" not in reg
+    assert reg.get("blue") == 2 and reg.meta("red") == {"warm": True} and reg.meta("blue") == {}
+    with pytest.raises(ValueError, match="colour 'red' is already registered"):
+        reg.add("red", 3)
+    assert reg.get("red") == 1
+    with pytest.raises(ConfigError) as err:
+        reg.get("green")
+    assert str(err.value) == "paint.colour: unknown colour 'green'; choose one of: red, blue"
+
+
+@pytest.mark.parametrize("registry", MODEL_REGISTRIES, ids=lambda r: r.key)
+def test_unknown_choice_names_key_value_and_choices(registry: Registry) -> None:
+    with pytest.raises(ConfigError) as err:
+        registry.get("nope")
+    assert str(err.value) == f"{registry.key}: unknown {registry.name} 'nope'; choose one of: {', '.join(registry)}"
+
+
+@pytest.mark.parametrize("registry", MODEL_REGISTRIES, ids=lambda r: r.key)
+def test_duplicates_are_refused(registry: Registry) -> None:
+    first = registry.list()[0]
+    before = registry.get(first)
+    with pytest.raises(ValueError, match=f"'{first}' is already registered"):
+        registry.add(first, object())
+    assert registry.get(first) is before
 
 
 @pytest.mark.parametrize("key", sorted(CONFIG_LITERALS))
@@ -39,12 +74,13 @@ def test_unknown_backbone() -> None:
 def test_depth_range_per_backbone(backbone: str) -> None:
     lo, hi = get_backbone(backbone).depths
     for depth in range(1, 7):
-        cfg = ModelConfig(backbone=backbone, depth=depth)
         if lo <= depth <= hi:
-            check_model_config(cfg)
+            check_model_config(ModelConfig(backbone=backbone, depth=depth))
         else:
             with pytest.raises(ConfigError, match=rf"model.depth: {depth} .*{backbone}.*allowed: {lo}-{hi}"):
-                check_model_config(cfg)
+                ModelConfig(backbone=backbone, depth=depth)
+            with pytest.raises(ConfigError, match=rf"model.depth: {depth} .*{backbone}.*allowed: {lo}-{hi}"):
+                check_model_config(ModelConfig.model_construct(backbone=backbone, depth=depth))
 
 
 @pytest.mark.parametrize("backbone", [b for b in list_backbones() if get_backbone(b).maxunpool])
@@ -52,6 +88,25 @@ def test_maxunpool_with_strided_backbone_is_explained(backbone: str) -> None:
     with pytest.raises(ConfigError, match=r"model.unpooling: 'maxunpool' cannot be used with backbone .*strided.*"
                                           r"choose one of: transpose, bilinear, nearest, pixelshuffle"):
         check_model_config(ModelConfig(backbone=backbone, unpooling="maxunpool", depth=4))
+
+
+@pytest.mark.parametrize("backbone", list_backbones())
+@pytest.mark.parametrize("pooling", POOLING.list())
+def test_one_maxunpool_rule_for_check_and_variants(backbone: str, pooling: str) -> None:
+    """The schema, check_model_config and variants() all follow maxunpool_problem."""
+    problem = maxunpool_problem(backbone, pooling)
+    spec = get_backbone(backbone)
+    assert (problem is None) == (not spec.maxunpool and (not spec.pooling or pooling == "max"))
+    listed = (backbone, pooling if spec.pooling else None, "maxunpool") in variants([backbone])
+    assert listed is (problem is None)
+    cfg = {"backbone": backbone, "pooling": pooling, "unpooling": "maxunpool", "depth": 4}
+    if problem is None:
+        ModelConfig(**cfg)
+    else:
+        assert "\n" not in problem and problem.startswith("model.unpooling: 'maxunpool'")
+        with pytest.raises(ConfigError) as err:
+            ModelConfig(**cfg)
+        assert str(err.value) == problem
 
 
 @pytest.mark.parametrize(
@@ -64,13 +119,12 @@ def test_maxunpool_with_strided_backbone_is_explained(backbone: str) -> None:
         (["model.weights=IMAGENET1K_V1"], "backbone 'scratch' has no torchvision weights"),
     ],
 )
-def test_load_config_then_check(tmp_path: Path, overrides: list[str], message: str) -> None:
+def test_load_config_refuses_what_the_registry_refuses(tmp_path: Path, overrides: list[str], message: str) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("model:\n  num_classes: 2\n  depth: 4\n")
-    cfg = load_config(path, overrides)
     with pytest.raises(ConfigError) as err:
-        check_model_config(cfg.model)
-    assert message in str(err.value)
+        load_config(path, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_schema_rejects_maxunpool_without_max_pooling(tmp_path: Path) -> None:

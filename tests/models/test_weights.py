@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import pickle
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from torchvision.models import ResNet34_Weights, get_model_weights
 from unet_dist.config import ModelConfig
 from unet_dist.errors import ConfigError
 from unet_dist.models import UNet, check_model_config, create_unet, get_backbone, list_backbones, torchvision_weights
+from unet_dist.models.weights import check_weights
 from unet_dist.storage import resolve
 
 TORCHVISION = [b for b in list_backbones() if get_backbone(b).torchvision]
@@ -189,3 +193,70 @@ def test_freeze_bn_keeps_running_stats(freeze_bn: bool) -> None:
     assert all(m.training is not freeze_bn for m in bn)
     assert all(p.requires_grad is not freeze_bn for m in bn for p in m.parameters())
     assert any(m.training for m in model.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+class _Touch:
+    """A pickle whose loading runs a shell command that creates ``marker`` (what a hostile weights file does)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def _pickle_dump(obj: object, path: Path) -> None:
+    path.write_bytes(pickle.dumps(obj))
+
+
+def _torch_zip(obj: object, path: Path) -> None:
+    torch.save(obj, path, _use_new_zipfile_serialization=True)
+
+
+def _one_line_error(cfg: ModelConfig) -> str:
+    with pytest.raises(ConfigError) as err:
+        check_weights(cfg, None)
+    msg = str(err.value)
+    assert msg.startswith("model.weights: ") and "\n" not in msg and cfg.weights in msg
+    return msg
+
+
+def test_check_weights_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "absent" / "encoder.pt"
+    assert "cannot read weights file" in _one_line_error(ModelConfig(weights=str(missing)))
+
+
+def test_check_weights_not_a_state_dict(tmp_path: Path) -> None:
+    path = tmp_path / "names.pt"
+    torch.save(["conv1.weight", "bn1.bias"], path)
+    assert "does not hold a state dict of tensors" in _one_line_error(ModelConfig(weights=str(path)))
+
+
+@pytest.mark.parametrize("save", [_pickle_dump, _torch_zip], ids=["pickle.dump", "torch.save-zip"])
+def test_check_weights_refuses_malicious_pickle_without_running_it(tmp_path: Path,
+                                                                   save: Callable[[object, Path], None]) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    save({"conv1.weight": _Touch(marker)}, path)
+    msg = _one_line_error(ModelConfig(weights=str(path)))
+    assert "weights_only=True" in msg and "weights_only=False" not in msg
+    if save is _torch_zip:
+        assert "refused by the safe loader" in msg and "'posix.system'" in msg
+    assert not marker.exists()
+    live = tmp_path / "live"
+    pickle.loads(pickle.dumps(_Touch(live)))
+    assert live.exists(), "the payload is live: an unsafe load would have run it"
+
+
+def test_check_weights_does_not_fit(tmp_path: Path) -> None:
+    path = _save(create_unet(ModelConfig(backbone="resnet18", depth=3)).encoder.state_dict(), str(tmp_path / "r18.pt"))
+    msg = _one_line_error(ModelConfig(backbone="resnet34", depth=3, weights=path))
+    assert "does not fit backbone 'resnet34'" in msg and "missing keys" in msg
+
+
+def test_check_weights_good_file_and_names_pass(tmp_path: Path) -> None:
+    cfg = ModelConfig(backbone="vgg11", depth=3)
+    path = _save(create_unet(cfg).encoder.state_dict(), str(tmp_path / "vgg11.pt"))
+    check_weights(ModelConfig(backbone="vgg11", depth=3, weights=path), None)
+    check_weights(ModelConfig(backbone="resnet18", weights="IMAGENET1K_V1"), None)
+    check_weights(cfg, None)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unet_dist.errors import ConfigError
-from unet_dist.train.losses import create_loss, list_losses, remap_ignore
+from unet_dist.train.losses import LOSSES, create_loss, list_losses, register_loss, remap_ignore
 
 
 def _batch(num_classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +67,8 @@ def test_class_weights_change_loss(name: str) -> None:
 def test_bad_loss_config_names_the_field() -> None:
     with pytest.raises(ConfigError, match="train.loss"):
         create_loss("nope", 2)
+    with pytest.raises(ConfigError, match=f"train.loss: unknown loss 'nope'; choose one of: {', '.join(LOSSES)}$"):
+        create_loss("nope", 2)
     with pytest.raises(ConfigError, match="train.class_weights"):
         create_loss("ce", 3, [1.0, 2.0])
 
@@ -75,3 +77,10 @@ def test_remap_ignore() -> None:
     t = torch.tensor([[0, 1, 255]])
     assert remap_ignore(t, 255).tolist() == [[0, 1, -1]]
     assert remap_ignore(t, None).tolist() == t.tolist()
+
+
+def test_a_loss_name_is_registered_once() -> None:
+    before = LOSSES.get("ce")
+    with pytest.raises(ValueError, match="loss 'ce' is already registered"):
+        register_loss("ce")(create_loss)
+    assert LOSSES.get("ce") is before and list_losses() == sorted(LOSSES.list())

@@ -7,7 +7,9 @@ import torch
 
 from unet_dist.config import TrainConfig
 from unet_dist.errors import ConfigError
-from unet_dist.train.optim import create_optimizer, create_scheduler, list_optimizers, list_schedulers, seek_epoch
+from unet_dist.registry import Registry
+from unet_dist.train.optim import (OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler, list_optimizers,
+                                   list_schedulers, seek_epoch)
 
 
 def _lrs(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
@@ -109,3 +111,22 @@ def test_unknown_choice_names_field() -> None:
     object.__setattr__(cfg, "optimizer", "lion")
     with pytest.raises(ConfigError, match="train.optimizer"):
         create_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+
+
+@pytest.mark.parametrize("registry", [OPTIMIZERS, SCHEDULERS], ids=lambda r: r.key)
+def test_unknown_name_is_a_one_line_config_error(registry: Registry) -> None:
+    cfg = TrainConfig()
+    object.__setattr__(cfg, registry.key.split(".")[1], "lion")
+    param = torch.nn.Parameter(torch.zeros(1))
+    build = (lambda: create_optimizer([param], cfg)) if registry is OPTIMIZERS else (
+        lambda: create_scheduler(torch.optim.SGD([param], lr=0.1), cfg, 3))
+    with pytest.raises(ConfigError) as err:
+        build()
+    assert str(err.value) == f"{registry.key}: unknown {registry.name} 'lion'; choose one of: {', '.join(registry)}"
+
+
+@pytest.mark.parametrize("registry", [OPTIMIZERS, SCHEDULERS], ids=lambda r: r.key)
+def test_a_name_is_registered_once(registry: Registry) -> None:
+    first = registry.list()[0]
+    with pytest.raises(ValueError, match=f"'{first}' is already registered"):
+        registry.register(first)(lambda *a: None)

@@ -1,7 +1,7 @@
 """Building blocks and the small registries behind ModelConfig's choices.
 
-Each registry maps a config value to a factory, so a new activation, norm, pooling or unpooling
-method is one entry here; ``tests/models`` checks every registry against the config's Literals.
+Each :class:`~unet_dist.registry.Registry` maps a config value to a factory, so a new activation, norm,
+pooling or unpooling method is one entry here; ``tests/models`` checks every registry against the config's Literals.
 """
 
 from __future__ import annotations
@@ -13,20 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": lambda: nn.ReLU(inplace=True),
-    "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),
-    "elu": lambda: nn.ELU(inplace=True),
-    "gelu": nn.GELU,
-    "silu": lambda: nn.SiLU(inplace=True),
-    "mish": lambda: nn.Mish(inplace=True),
-}
+from unet_dist.registry import Registry
 
-OUTPUT_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "none": lambda t: t,
-    "sigmoid": torch.sigmoid,
-    "softmax": lambda t: torch.softmax(t, dim=1),
-}
+ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation", key="model.activation")
+ACTIVATIONS.add("relu", lambda: nn.ReLU(inplace=True))
+ACTIVATIONS.add("leaky_relu", lambda: nn.LeakyReLU(0.01, inplace=True))
+ACTIVATIONS.add("elu", lambda: nn.ELU(inplace=True))
+ACTIVATIONS.add("gelu", nn.GELU)
+ACTIVATIONS.add("silu", lambda: nn.SiLU(inplace=True))
+ACTIVATIONS.add("mish", lambda: nn.Mish(inplace=True))
+
+OUTPUT_ACTIVATIONS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry(
+    "output activation", key="model.output_activation")
+OUTPUT_ACTIVATIONS.add("none", lambda t: t)
+OUTPUT_ACTIVATIONS.add("sigmoid", torch.sigmoid)
+OUTPUT_ACTIVATIONS.add("softmax", lambda t: torch.softmax(t, dim=1))
 
 
 def _group_norm(channels: int) -> nn.Module:
@@ -34,18 +35,16 @@ def _group_norm(channels: int) -> nn.Module:
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
-NORMS: dict[str, Callable[[int], nn.Module]] = {
-    "batch": nn.BatchNorm2d,
-    "group": _group_norm,
-    "instance": lambda c: nn.InstanceNorm2d(c, affine=True),
-    "none": lambda c: nn.Identity(),
-}
+NORMS: Registry[Callable[[int], nn.Module]] = Registry("norm", key="model.norm")
+NORMS.add("batch", nn.BatchNorm2d)
+NORMS.add("group", _group_norm)
+NORMS.add("instance", lambda c: nn.InstanceNorm2d(c, affine=True))
+NORMS.add("none", lambda c: nn.Identity())
 
-POOLING: dict[str, Callable[[int], nn.Module]] = {
-    "max": lambda c: nn.MaxPool2d(2),
-    "avg": lambda c: nn.AvgPool2d(2),
-    "conv": lambda c: nn.Conv2d(c, c, kernel_size=2, stride=2),
-}
+POOLING: Registry[Callable[[int], nn.Module]] = Registry("pooling", key="model.pooling")
+POOLING.add("max", lambda c: nn.MaxPool2d(2))
+POOLING.add("avg", lambda c: nn.AvgPool2d(2))
+POOLING.add("conv", lambda c: nn.Conv2d(c, c, kernel_size=2, stride=2))
 
 
 def init_like_torchvision(module: nn.Module) -> None:
@@ -68,8 +67,8 @@ class ConvBlock(nn.Sequential):
         for i in range(n):
             layers += [
                 nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1, bias=norm == "none"),
-                NORMS[norm](out_ch),
-                ACTIVATIONS[activation](),
+                NORMS.get(norm)(out_ch),
+                ACTIVATIONS.get(activation)(),
             ]
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
@@ -137,13 +136,12 @@ class MaxUnpoolUp(Up):
         return self.unpool(self.conv(x), indices, output_size=size)
 
 
-UNPOOLING: dict[str, Callable[[int, int], Up]] = {
-    "transpose": TransposeUp,
-    "bilinear": lambda i, o: InterpolateUp(i, o, "bilinear"),
-    "nearest": lambda i, o: InterpolateUp(i, o, "nearest"),
-    "pixelshuffle": PixelShuffleUp,
-    "maxunpool": MaxUnpoolUp,
-}
+UNPOOLING: Registry[Callable[[int, int], Up]] = Registry("unpooling", key="model.unpooling")
+UNPOOLING.add("transpose", TransposeUp)
+UNPOOLING.add("bilinear", lambda i, o: InterpolateUp(i, o, "bilinear"))
+UNPOOLING.add("nearest", lambda i, o: InterpolateUp(i, o, "nearest"))
+UNPOOLING.add("pixelshuffle", PixelShuffleUp)
+UNPOOLING.add("maxunpool", MaxUnpoolUp)
 
 
 class AttentionGate(nn.Module):
@@ -156,8 +154,8 @@ class AttentionGate(nn.Module):
     def __init__(self, skip_ch: int, gate_ch: int, norm: str = "batch") -> None:
         super().__init__()
         inter = max(skip_ch // 2, 1)
-        self.w_skip = nn.Sequential(nn.Conv2d(skip_ch, inter, 1, bias=False), NORMS[norm](inter))
-        self.w_gate = nn.Sequential(nn.Conv2d(gate_ch, inter, 1, bias=False), NORMS[norm](inter))
+        self.w_skip = nn.Sequential(nn.Conv2d(skip_ch, inter, 1, bias=False), NORMS.get(norm)(inter))
+        self.w_gate = nn.Sequential(nn.Conv2d(gate_ch, inter, 1, bias=False), NORMS.get(norm)(inter))
         self.psi = nn.Sequential(nn.Conv2d(inter, 1, 1), nn.Sigmoid())
 
     def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,15 @@ from unet_dist.config import Activation, ModelConfig, Norm, OutputActivation, Po
 from unet_dist.errors import ConfigError
 from unet_dist.models.blocks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, POOLING, UNPOOLING, Encoder
 from unet_dist.models.weights import is_weights_file, torchvision_weights
+from unet_dist.registry import Registry
 
 if TYPE_CHECKING:
     from unet_dist.models.unet import UNet
 
 EncoderBuilder = Callable[[str, ModelConfig], Encoder]
+
+BACKBONES: Registry[EncoderBuilder] = Registry("backbone", key="model.backbone")
+"""Encoder builders; each entry's metadata is the rest of its :class:`BackboneSpec`."""
 
 
 @dataclass(frozen=True)
@@ -35,44 +39,53 @@ class BackboneSpec:
     """Whether ``model.pooling`` applies (scratch only)."""
 
 
-_BACKBONES: dict[str, BackboneSpec] = {}
-
-
 def register_backbone(*names: str, depths: tuple[int, int], maxunpool: str | None = None, torchvision: bool = False,
                       pooling: bool = False) -> Callable[[EncoderBuilder], EncoderBuilder]:
     """Decorator registering one encoder builder under each of ``names``."""
 
     def deco(fn: EncoderBuilder) -> EncoderBuilder:
         for name in names:
-            if name in _BACKBONES:
-                raise ValueError(f"backbone {name!r} is already registered")
-            _BACKBONES[name] = BackboneSpec(name, fn, depths, maxunpool, torchvision, pooling)
+            BACKBONES.add(name, fn, depths=depths, maxunpool=maxunpool, torchvision=torchvision, pooling=pooling)
         return fn
 
     return deco
 
 
 def list_backbones() -> list[str]:
-    return list(_BACKBONES)
+    return BACKBONES.list()
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    if name not in _BACKBONES:
-        raise ConfigError(f"model.backbone: unknown backbone {name!r}; choose one of: {', '.join(_BACKBONES)}")
-    return _BACKBONES[name]
+    """The spec of ``name``; an unknown name is a ConfigError naming model.backbone and the choices."""
+    return BackboneSpec(name, BACKBONES.get(name), **BACKBONES.meta(name))
+
+
+def maxunpool_problem(backbone: str, pooling: str | None) -> str | None:
+    """Why ``model.unpooling=maxunpool`` cannot decode this encoder (None: it can), as a one-line error.
+
+    Max-unpooling needs the encoder's max-pooling indices: a backbone without them never can, and a
+    backbone whose down-sampling is ``model.pooling`` can only with ``pooling=max``.
+    """
+    spec = get_backbone(backbone)
+    others = ", ".join(u for u in UNPOOLING if u != "maxunpool")
+    if spec.maxunpool:
+        return (f"model.unpooling: 'maxunpool' cannot be used with backbone {backbone!r}: {spec.maxunpool}; "
+                f"choose one of: {others}")
+    if spec.pooling and pooling != "max":
+        return (f"model.unpooling: 'maxunpool' needs the pooling indices of max pooling, but model.pooling is "
+                f"{pooling!r}; set model.pooling=max or choose another unpooling ({others})")
+    return None
 
 
 def check_model_config(cfg: ModelConfig) -> None:
-    """Registry-dependent checks the schema cannot make; raises ConfigError naming the key."""
+    """Registry-dependent checks (run by ModelConfig's validation); raises a one-line ConfigError naming the key."""
     spec = get_backbone(cfg.backbone)
     lo, hi = spec.depths
     if not lo <= cfg.depth <= hi:
         raise ConfigError(f"model.depth: {cfg.depth} is out of range for backbone {cfg.backbone!r}; "
                           f"allowed: {lo}-{hi}")
-    if cfg.unpooling == "maxunpool" and spec.maxunpool:
-        choices = ", ".join(u for u in UNPOOLING if u != "maxunpool")
-        raise ConfigError(f"model.unpooling: 'maxunpool' cannot be used with backbone {cfg.backbone!r}: "
-                          f"{spec.maxunpool}; choose one of: {choices}")
+    if cfg.unpooling == "maxunpool" and (problem := maxunpool_problem(cfg.backbone, cfg.pooling)):
+        raise ConfigError(problem)
     if cfg.weights and not is_weights_file(cfg.weights):
         if not spec.torchvision:
             raise ConfigError(f"model.weights: backbone {cfg.backbone!r} has no torchvision weights; "
@@ -96,11 +109,11 @@ def registry_info() -> dict[str, list[str]]:
     """Every choice per option, for ``unet-dist models`` and docs."""
     return {
         "backbones": list_backbones(),
-        "pooling": list(POOLING),
-        "unpooling": list(UNPOOLING),
-        "activations": list(ACTIVATIONS),
-        "output_activations": list(OUTPUT_ACTIVATIONS),
-        "norms": list(NORMS),
+        "pooling": POOLING.list(),
+        "unpooling": UNPOOLING.list(),
+        "activations": ACTIVATIONS.list(),
+        "output_activations": OUTPUT_ACTIVATIONS.list(),
+        "norms": NORMS.list(),
     }
 
 

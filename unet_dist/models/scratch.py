@@ -24,7 +24,7 @@ class ScratchEncoder(Encoder):
                       cfg.norm, cfg.dropout if k == cfg.depth else 0.0)
             for k in range(cfg.depth + 1)
         )
-        self.pools = nn.ModuleList(POOLING[cfg.pooling](widths[k]) for k in range(cfg.depth))
+        self.pools = nn.ModuleList(POOLING.get(cfg.pooling)(widths[k]) for k in range(cfg.depth))
         if cfg.unpooling == "maxunpool":
             for p in self.pools:
                 p.return_indices = True

@@ -17,7 +17,7 @@ class DecoderLevel(nn.Module):
 
     def __init__(self, in_ch: int, up_ch: int, skip_ch: int, out_ch: int, cfg: ModelConfig) -> None:
         super().__init__()
-        self.up = UNPOOLING[cfg.unpooling](in_ch, up_ch)
+        self.up = UNPOOLING.get(cfg.unpooling)(in_ch, up_ch)
         self.gate = AttentionGate(skip_ch, up_ch, cfg.norm) if cfg.attention else None
         self.conv = ConvBlock(up_ch + skip_ch, out_ch, cfg.convs_per_level, cfg.activation, cfg.norm, cfg.dropout)
 
@@ -86,7 +86,7 @@ class UNet(nn.Module):
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         """``cfg.output_activation`` (none, sigmoid or softmax over classes) applied to logits."""
-        return OUTPUT_ACTIVATIONS[self.cfg.output_activation](logits)
+        return OUTPUT_ACTIVATIONS.get(self.cfg.output_activation)(logits)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

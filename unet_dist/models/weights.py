@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torchvision.models import WeightsEnum, get_model_weights, get_weight
 
-from unet_dist.config import StorageConfig
+from unet_dist.config import ModelConfig, StorageConfig
 from unet_dist.errors import ConfigError, StorageError
 from unet_dist.models.blocks import Encoder
 from unet_dist.storage import resolve
@@ -64,14 +65,24 @@ def read_state_dict(uri: str, storage: StorageConfig | None = None) -> dict[str,
     try:
         obj: Any = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ConfigError(f"model.weights: {uri!r} is not a torch state-dict file loadable with weights_only=True "
-                          f"({type(err).__name__}); save one with torch.save(model.state_dict(), path)") from None
+        raise ConfigError(_load_refused(uri, err)) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"model.weights: {uri!r} does not hold a state dict of tensors")
     return dict(obj)
+
+
+def _load_refused(uri: str, err: Exception) -> str:
+    """One line on why ``torch.load(..., weights_only=True)`` refused ``uri``; never suggests an unsafe load."""
+    unsafe = re.search(r"GLOBAL ([\w.]+)", str(err))
+    if unsafe:
+        return (f"model.weights: {uri!r} was refused by the safe loader (weights_only=True): it would load the "
+                f"Python object {unsafe.group(1)!r}, not just tensors; save the encoder's tensors with "
+                f"torch.save(model.state_dict(), path)")
+    return (f"model.weights: {uri!r} is not a torch state-dict file loadable with weights_only=True "
+            f"({type(err).__name__}); save one with torch.save(model.state_dict(), path)")
 
 
 def adapt_input_conv(in_channels: int, weight: torch.Tensor) -> torch.Tensor:
@@ -113,3 +124,16 @@ def load_encoder_weights(encoder: Encoder, weights: str, storage: StorageConfig 
                           f"(depth/in_channels as configured): " + "; ".join(problems)
                           + f"; use weights saved from a {encoder.name} encoder or torchvision model")
     encoder.load_state_dict({k: state.get(k, v) for k, v in own.items()}, strict=True)
+
+
+def check_weights(cfg: ModelConfig, storage: StorageConfig | None = None) -> None:
+    """Preflight for a weights file (local or s3://): read it safely and check it fits the configured encoder.
+
+    Raises the one-line ConfigError that building the model on a worker would, before any cluster starts.
+    Torchvision weights names are checked by config validation (no download); nothing to do for them here.
+    """
+    if not cfg.weights or not is_weights_file(cfg.weights):
+        return
+    from unet_dist.models.registry import create_encoder
+
+    load_encoder_weights(create_encoder(cfg), cfg.weights, storage)

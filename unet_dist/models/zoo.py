@@ -9,7 +9,7 @@ import torch
 
 from unet_dist.config import ModelConfig
 from unet_dist.models.blocks import POOLING, UNPOOLING
-from unet_dist.models.registry import get_backbone, list_backbones
+from unet_dist.models.registry import get_backbone, list_backbones, maxunpool_problem
 from unet_dist.models.unet import UNet
 
 
@@ -36,7 +36,7 @@ def variants(backbones: Sequence[str] | None = None) -> list[Variant]:
         spec = get_backbone(name)
         for pooling in POOLING if spec.pooling else [None]:
             for unpooling in UNPOOLING:
-                if unpooling == "maxunpool" and (spec.maxunpool or pooling not in (None, "max")):
+                if unpooling == "maxunpool" and maxunpool_problem(name, pooling):
                     continue
                 out.append(Variant(name, pooling, unpooling))
     return out

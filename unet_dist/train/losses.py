@@ -14,36 +14,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from unet_dist.errors import ConfigError
+from unet_dist.registry import Registry
 
 IGNORE = -1
-_LOSSES: dict[str, Callable[..., nn.Module]] = {}
+LossBuilder = Callable[..., nn.Module]
+LOSSES: Registry[LossBuilder] = Registry("loss", key="train.loss")
+"""Builders ``fn(num_classes, weight) -> nn.Module``; names equal the config's ``Loss`` Literal (tested)."""
 
 
-def register_loss(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Add a loss builder ``fn(num_classes, class_weights) -> nn.Module`` under ``name``."""
-
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _LOSSES[name] = fn
-        return fn
-
-    return wrap
+def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:
+    """Add a loss builder ``fn(num_classes, weight) -> nn.Module`` under ``name``."""
+    return LOSSES.register(name)
 
 
 def list_losses() -> list[str]:
-    return sorted(_LOSSES)
+    return sorted(LOSSES)
 
 
 def create_loss(name: str, num_classes: int, class_weights: Sequence[float] | None = None) -> nn.Module:
     """Build a registered loss; ``class_weights`` has one weight per class (2 for a single-logit head)."""
-    if name not in _LOSSES:
-        raise ConfigError(f"train.loss: unknown loss {name!r}; choose one of {', '.join(list_losses())}")
+    build = LOSSES.get(name)
     k = max(2, num_classes)
     weight = None
     if class_weights is not None:
         if len(class_weights) != k:
             raise ConfigError(f"train.class_weights: expected {k} weights (one per class), got {len(class_weights)}")
         weight = torch.tensor(list(class_weights), dtype=torch.float32)
-    return _LOSSES[name](num_classes=num_classes, weight=weight)
+    return build(num_classes=num_classes, weight=weight)
 
 
 def log_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -16,37 +16,30 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from unet_dist.config import Config, TrainConfig
-from unet_dist.errors import ConfigError
+from unet_dist.registry import Registry
 
 Factor = Callable[[float, TrainConfig], float]
-_OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], TrainConfig], torch.optim.Optimizer]] = {}
-_SCHEDULES: dict[str, Factor] = {}
+OptimizerBuilder = Callable[[Iterable[torch.nn.Parameter], TrainConfig], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerBuilder] = Registry("optimizer", key="train.optimizer")
+SCHEDULERS: Registry[Factor] = Registry("scheduler", key="train.scheduler")
 
 
-def register_optimizer(name: str):
-    def wrap(fn):
-        _OPTIMIZERS[name] = fn
-        return fn
-
-    return wrap
+def register_optimizer(name: str) -> Callable[[OptimizerBuilder], OptimizerBuilder]:
+    """Register ``fn(params, cfg) -> torch.optim.Optimizer``."""
+    return OPTIMIZERS.register(name)
 
 
-def register_scheduler(name: str):
+def register_scheduler(name: str) -> Callable[[Factor], Factor]:
     """Register ``fn(progress in [0, 1], cfg) -> lr factor`` for the post-warm-up phase."""
-
-    def wrap(fn: Factor) -> Factor:
-        _SCHEDULES[name] = fn
-        return fn
-
-    return wrap
+    return SCHEDULERS.register(name)
 
 
 def list_optimizers() -> list[str]:
-    return sorted(_OPTIMIZERS)
+    return sorted(OPTIMIZERS)
 
 
 def list_schedulers() -> list[str]:
-    return sorted(_SCHEDULES)
+    return sorted(SCHEDULERS)
 
 
 @register_optimizer("adam")
@@ -86,9 +79,7 @@ def _step(progress: float, cfg: TrainConfig) -> float:
 
 
 def create_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer not in _OPTIMIZERS:
-        raise ConfigError(f"train.optimizer: unknown {cfg.optimizer!r}; choose one of {', '.join(list_optimizers())}")
-    return _OPTIMIZERS[cfg.optimizer]([p for p in params if p.requires_grad], cfg)
+    return OPTIMIZERS.get(cfg.optimizer)([p for p in params if p.requires_grad], cfg)
 
 
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
@@ -99,13 +90,12 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     progress = (step - warmup) / max(1, total - warmup)
-    return _SCHEDULES[cfg.scheduler](progress, cfg)
+    return SCHEDULERS.get(cfg.scheduler)(progress, cfg)
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> LambdaLR:
     """A ``LambdaLR``; call ``.step()`` after each optimiser step or each epoch per ``train.scheduler_interval``."""
-    if cfg.scheduler not in _SCHEDULES:
-        raise ConfigError(f"train.scheduler: unknown {cfg.scheduler!r}; choose one of {', '.join(list_schedulers())}")
+    SCHEDULERS.get(cfg.scheduler)  # an unknown name fails here, not at the first step
     return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch))
 
 
