@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="No live view (logs only).")
     args = p.parse_args(argv)
     try:
-        from unet_dist.train import fit
-
         cfg = load_config(args.config, args.overrides)
+        from unet_dist.train import fit  # after the config: a config error needs neither torch's training stack nor Ray
+
         summary = fit(cfg, progress=not args.no_progress)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
