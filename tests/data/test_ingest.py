@@ -28,6 +28,14 @@ from unet_dist.storage import resolve
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _invalid_pair_lists_in_tmp_path(tmp_path, monkeypatch):
+    """Ingest writes the full list of invalid pairs to the system temp dir by default: keep it in the test's own."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
 def _rows(manifest: dict) -> dict[str, dict]:
     rows = {}
     for split in ("train", "val", "test"):
