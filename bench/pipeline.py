@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from unet_dist.config import DataConfig, IngestConfig, ModelConfig  # noqa: E402
-from unet_dist.data import ingest, read_manifest, split_paths  # noqa: E402
+from unet_dist.data.ingest import ingest  # noqa: E402
+from unet_dist.data.manifest import read_manifest, split_paths  # noqa: E402
 from unet_dist.data.pipeline import augment, crop_seed, decode_row, pipeline_spec  # noqa: E402
 from unet_dist.data.synthetic import demo_dataset  # noqa: E402
 
@@ -90,7 +91,7 @@ def main() -> None:
         manifest = read_manifest(uri)
         model_cfg = ModelConfig()
         data_cfg = DataConfig(dataset=uri, crop_size=args.crop, batch_size=args.batch)
-        spec = pipeline_spec(data_cfg, None, model_cfg.in_channels, manifest=manifest)
+        spec = pipeline_spec(data_cfg, None, model_cfg.in_channels, manifest)
         rows = _rows(manifest)
         model = create_unet(model_cfg)
         pipe = [delivered(rows, spec, args.pipeline_images) for _ in range(args.repeats)]

@@ -50,3 +50,16 @@ def test_models_json_lists_registry():
     info = json.loads(res.stdout)
     assert {"scratch", "vgg16_bn", "resnet34"} <= set(info["backbones"])
     assert set(info["unpooling"]) == {"transpose", "bilinear", "nearest", "pixelshuffle", "maxunpool"}
+
+
+def test_ingest_results_on_stdout_progress_on_stderr_and_json_alone(tmp_path):
+    from unet_dist.data.synthetic import generate
+
+    raw = generate(str(tmp_path / "raw"), n=4, size=24)
+    res = run("ingest", raw, str(tmp_path / "a"))
+    assert res.returncode == 0, res.stderr
+    assert "mean / std" in res.stdout and "mean / std" not in res.stderr
+    res = run("ingest", raw, str(tmp_path / "b"), "--json")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["counts"]["total"] == 4

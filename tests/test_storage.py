@@ -96,3 +96,30 @@ def test_with_env_settings_ships_env_to_workers_without_leaking(monkeypatch):
     assert storage.s3_options(filled) == storage.s3_options(StorageConfig(
         uri="s3://b/p", region="us-east-2", endpoint_url="http://127.0.0.1:2",
         access_key_id="env-key", secret_access_key="env-secret"))
+
+
+def test_translation_uses_the_s3_error_code_not_the_message():
+    from botocore.exceptions import ClientError
+
+    loc = storage.resolve("s3://some-bucket/p")
+    reworded = ClientError({"Error": {"Code": "NoSuchBucket", "Message": "AccessDenied 403 Could not connect"}}, "HeadBucket")
+    assert str(storage._translate(loc, reworded)) == "bucket 'some-bucket' does not exist: create it (e.g. `aws s3 mb s3://some-bucket`) or fix the URI"
+    denied = ClientError({"Error": {"Code": "SignatureDoesNotMatch", "Message": "NoSuchBucket"}}, "PutObject")
+    wrapped = PermissionError("NoSuchBucket")
+    wrapped.__cause__ = denied
+    assert "AWS_SECRET_ACCESS_KEY" in str(storage._translate(loc, wrapped))
+    head = ClientError({"Error": {"Code": "403", "Message": ""}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadBucket")
+    assert "S3 denied access" in str(storage._translate(loc, head))
+    lookalike = RuntimeError("NoSuchBucket InvalidAccessKeyId Could not connect NoCredentials")
+    assert storage._translate(loc, lookalike) is lookalike, "message text alone never classifies an error"
+
+
+def test_unreachable_endpoint_is_clear(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    cfg = StorageConfig(endpoint_url=endpoint, access_key_id="k", secret_access_key="s", region="us-east-1")
+    with pytest.raises(StorageError, match=f"cannot reach S3 at {endpoint}"):
+        storage.resolve("s3://b/p", cfg).exists()

@@ -104,7 +104,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         "mask_mode": "ingest.mask_mode", "classes": "ingest.class_names", "split": "ingest.split",
         "split_column": "ingest.split_column", "seed": "ingest.seed", "rows_per_shard": "ingest.rows_per_shard",
     }), *(["ingest.skip_invalid=true"] if args.skip_invalid else [])])
-    manifest = ingest(args.src, args.dest, cfg.ingest, cfg.storage, progress=not args.json)
+    manifest = ingest(args.src, args.dest, cfg.ingest, cfg.storage, progress=not args.json, console=err_console, results=console)
     if args.json:
         print(json.dumps({"dataset": args.dest, "counts": manifest.get("counts"), "fingerprint": manifest.get("fingerprint")}))
     return 0

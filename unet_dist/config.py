@@ -23,6 +23,7 @@ MaskMode = Literal["binary", "multiclass", "instance"]
 Loss = Literal["ce", "bce", "dice", "dice_ce", "focal", "jaccard"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["none", "cosine", "poly", "step"]
+Intensity = Literal["auto", "dtype", "dataset_range", "percentile"]
 
 
 class _Section(BaseModel):
@@ -71,6 +72,16 @@ class IngestConfig(_Section):
     seed: int = Field(0, description="Seed of the ratio split.")
     skip_invalid: bool = Field(False, description="Write the valid pairs and list the invalid ones in the manifest, instead of failing and writing nothing.")
     rows_per_shard: int = Field(64, ge=1, description="Pairs per Parquet shard; ingest holds at most this many encoded pairs per split in memory.")
+    intensity: Intensity = Field("auto", description="Pixel range mapped to 0..1 per dtype, recorded in image_stats.scale: auto (uint8 0..255; 16-bit 0..2^bits-1 of the observed bit depth; float observed min..max), dtype (0..255 / 0..65535 / float 0..1), dataset_range (observed min..max), percentile (percentile_low..percentile_high of the pixels).")
+    percentile_low: float = Field(1.0, ge=0.0, le=100.0, description="Lower percentile for intensity=percentile.")
+    percentile_high: float = Field(99.8, ge=0.0, le=100.0, description="Upper percentile for intensity=percentile.")
+    problems_file: str | None = Field(None, description="Local file for the full list of invalid pairs (JSON lines); default: a new file in the system temp dir, never DEST.")
+
+    @model_validator(mode="after")
+    def _percentiles(self) -> "IngestConfig":
+        if self.percentile_low >= self.percentile_high:
+            raise ValueError(f"ingest.percentile_low ({self.percentile_low}) must be below ingest.percentile_high ({self.percentile_high})")
+        return self
 
     @field_validator("split")
     @classmethod

@@ -10,12 +10,13 @@ string form.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import posixpath
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 from urllib.parse import urlparse
 
 import fsspec
@@ -206,7 +207,7 @@ def _call(loc: Location, fn: Any, *args: Any, **kwargs: Any) -> Any:
     except StorageError:
         raise
     except FileNotFoundError as err:
-        if loc.is_s3 and _bucket_missing(loc):
+        if loc.is_s3 and (_s3_code(err) == "NoSuchBucket" or _bucket_missing(loc)):
             raise StorageError(_S3_ERRORS["NoSuchBucket"].format(bucket=loc.path.split("/")[0], uri=loc.uri)) from None
         raise StorageError(f"{loc.uri}: not found ({err.args[0] if err.args else err})") from None
     except Exception as err:  # botocore / aiohttp errors carry no common base worth importing
@@ -220,19 +221,57 @@ def _bucket_missing(loc: Location) -> bool:
         return False
 
 
+def _types(module: str, *names: str) -> tuple[type, ...]:
+    """The named exception classes of an optional dependency (none if it is not installed)."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return ()
+    return tuple(getattr(mod, n) for n in names if hasattr(mod, n))
+
+
+def _chain(err: BaseException) -> Iterable[BaseException]:
+    """``err`` and every exception behind it (``__cause__``/``__context__``), each once."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__]
+
+
+def _s3_code(err: BaseException) -> str | None:
+    """The S3 error code of the first botocore ``ClientError`` behind ``err`` ("403"/"404" for a HEAD request)."""
+    client_errors = _types("botocore.exceptions", "ClientError")
+    for e in _chain(err):
+        if client_errors and isinstance(e, client_errors):
+            error = e.response.get("Error", {})  # type: ignore[attr-defined]
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")  # type: ignore[attr-defined]
+            return str(error.get("Code") or status or "") or None
+    return None
+
+
+def _is(err: BaseException, types: tuple[type, ...]) -> bool:
+    return bool(types) and any(isinstance(e, types) for e in _chain(err))
+
+
 def _translate(loc: Location, err: Exception) -> Exception:
-    text = f"{type(err).__name__}: {err}"
+    """A StorageError for S3 failures recognised by exception type and S3 error code (never message text); else ``err``."""
     bucket = loc.path.split("/")[0]
-    if isinstance(err, PermissionError):
-        return StorageError(_S3_ERRORS["403"].format(uri=loc.uri))
-    for code, msg in _S3_ERRORS.items():
-        if code in text:
-            return StorageError(msg.format(bucket=bucket, uri=loc.uri))
-    if any(s in text for s in ("Could not connect", "ConnectionError", "EndpointConnectionError", "Cannot connect")):
+    code = _s3_code(err)
+    if code in _S3_ERRORS:
+        return StorageError(_S3_ERRORS[code].format(bucket=bucket, uri=loc.uri))
+    if _is(err, _types("botocore.exceptions", "NoCredentialsError")):
+        return StorageError(f"no S3 credentials for {loc.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    unreachable = (*_types("botocore.exceptions", "ConnectionError"), *_types("aiohttp", "ClientConnectorError"), ConnectionError)
+    if _is(err, unreachable):
         endpoint = s3_options(loc.storage).get("endpoint_url", "the default AWS endpoint")
         return StorageError(f"cannot reach S3 at {endpoint} for {loc.uri}: check AWS_ENDPOINT_URL / storage.endpoint_url and the network")
-    if "NoCredentials" in text or "Unable to locate credentials" in text:
-        return StorageError(f"no S3 credentials for {loc.uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if _is(err, (PermissionError,)):
+        return StorageError(_S3_ERRORS["403"].format(uri=loc.uri))
     return err
 
 

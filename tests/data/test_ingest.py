@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,14 @@ from unet_dist.errors import DataError
 from unet_dist.storage import resolve
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _invalid_pair_lists_in_tmp_path(tmp_path, monkeypatch):
+    """Ingest writes the full list of invalid pairs to the system temp dir by default: keep it in the test's own."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def _rows(manifest: dict) -> dict[str, dict]:
@@ -303,3 +312,55 @@ def test_killed_ingest_leaves_no_dataset_and_keeps_the_old_one(tmp_path):
     new = ingest(raw, str(existing), ingest_config("binary", seed=2), progress=False)
     assert read_manifest(str(existing))["split_by"]["seed"] == 2
     assert sorted(p.name for p in existing.iterdir()) == sorted(["dataset.json", new["splits"]["train"]["files"][0].split("/")[0]])
+
+
+def _instance_set(root: Path, n: int) -> None:
+    """``n`` pairs whose masks are instance masks (ids 0..3), i.e. all invalid as binary masks."""
+    rng = np.random.default_rng(5)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        (root / "images" / f"cell-{i:03d}.png").write_bytes(_png(rng.integers(0, 256, (16, 16), dtype=np.uint8)))
+        (root / "masks" / f"cell-{i:03d}.png").write_bytes(_png(rng.integers(0, 4, (16, 16), dtype=np.uint8)))
+
+
+def test_systematic_problem_is_grouped_by_kind_with_full_list_in_a_file(tmp_path):
+    import json
+
+    from rich.console import Console
+
+    from unet_dist.data import ProblemKind
+
+    _instance_set(tmp_path / "src", 50)
+    (tmp_path / "src" / "images" / "lonely.png").write_bytes(_png(np.zeros((16, 16), np.uint8)))
+    listing, dest = tmp_path / "report" / "invalid.jsonl", tmp_path / "dest"
+    err_out = io.StringIO()
+    with pytest.raises(DataError) as info:
+        ingest(str(tmp_path / "src"), str(dest), IngestConfig(mask_mode="binary", problems_file=str(listing)),
+               console=Console(file=err_out, width=100))
+    lines = [ln for ln in err_out.getvalue().splitlines() if re.match(r"  [\w /]+: \d+ \(", ln)]
+    assert len(lines) == 2, err_out.getvalue()
+    assert lines[0].startswith("  bad mask values: 50 (cell-000.png, cell-001.png, cell-002.png, ...)")
+    assert lines[1].startswith("  missing mask: 1 (lonely.png)")
+    rows = [json.loads(ln) for ln in listing.read_text().splitlines()]
+    assert len(rows) == 51 and sum(r["kind"] == "BAD_MASK_VALUES" for r in rows) == 50
+    assert {p.kind for p in info.value.problems} == {ProblemKind.BAD_MASK_VALUES, ProblemKind.MISSING_MASK}
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert "bad mask values x50" in message and str(listing) in message and "--skip-invalid" in message
+    assert not dest.exists()
+
+
+def test_problem_kinds_not_message_text_drive_the_count(tmp_path):
+    """A mask without an image counts towards the total by kind; skipped entries record their kind."""
+    raw = Path(generate(str(tmp_path / "raw"), n=4, size=24))
+    (raw / "images" / "synthetic-0001.png").unlink()
+    manifest = ingest(str(raw), str(tmp_path / "d"), ingest_config("binary", skip_invalid=True), progress=False)
+    assert [s["kind"] for s in manifest["skipped"]] == ["MISSING_IMAGE"]
+    assert manifest["counts"]["total"] == 3
+
+
+def test_raw_folder_given_as_dataset_suggests_a_separate_destination(tmp_path):
+    raw = generate(str(tmp_path / "raw"), n=2, size=16)
+    with pytest.raises(DataError, match=r"unet-dist ingest \S+/raw \S+/raw-dataset`"):
+        read_manifest(raw)

@@ -20,7 +20,7 @@ def test_small_unet_learns_synthetic(tmp_path):
     torch.manual_seed(0)
     uri = demo_dataset(str(tmp_path), n=32, size=96)
     manifest = read_manifest(uri)
-    spec = pipeline_spec(DataConfig(dataset=uri, crop_size=96), None, 1, pad_multiple=8, manifest=manifest)
+    spec = pipeline_spec(DataConfig(dataset=uri, crop_size=96), None, 1, manifest, pad_multiple=8)
     rows = {s: [r for p in split_paths(manifest, s)[0] for r in pq.read_table(p).to_pylist()] for s in ("train", "val")}
     model = create_unet(ModelConfig(depth=3, base_filters=16))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

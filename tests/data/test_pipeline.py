@@ -27,7 +27,7 @@ def dataset(tmp_path_factory) -> str:
 @pytest.fixture
 def datasets(ray_local, dataset) -> dict:
     """The train/val Ray Datasets, built (read + materialised) on the test's Ray."""
-    return build_datasets(_cfg(dataset), None, in_channels=1)
+    return build_datasets(_cfg(dataset), None, 1, read_manifest(dataset))
 
 
 def _cfg(dataset: str, **kw) -> DataConfig:
@@ -36,7 +36,7 @@ def _cfg(dataset: str, **kw) -> DataConfig:
 
 def test_train_batches_seeded_per_epoch(datasets, dataset):
     cfg = _cfg(dataset)
-    spec = pipeline_spec(cfg, None, in_channels=3)
+    spec = pipeline_spec(cfg, None, 3, read_manifest(dataset))
     train = datasets["train"]
     run = lambda seed: list(iter_train_batches(train.iterator(), cfg.batch_size, seed, spec))  # noqa: E731
     a, b, c = run(1), run(1), run(2)
@@ -56,7 +56,7 @@ def test_train_batches_seeded_per_epoch(datasets, dataset):
 
 def test_val_batches_whole_images_split_by_rank(datasets, dataset):
     cfg = _cfg(dataset, val_batch_size=2)
-    spec = pipeline_spec(cfg, None, in_channels=1, pad_multiple=16)
+    spec = pipeline_spec(cfg, None, 1, read_manifest(dataset), pad_multiple=16)
     val = datasets["val"]
     n = read_manifest(dataset)["counts"]["val"]
     whole = list(iter_val_batches(val.iterator(), 2, spec, rank=0, world_size=1))
@@ -97,7 +97,7 @@ def test_torch_trainer_two_workers_on_two_cpus(datasets, dataset, tmp_path):
     manifest = read_manifest(dataset)
     trainer = TorchTrainer(
         count_loop,
-        train_loop_config={"spec": pipeline_spec(cfg, None, in_channels=1), "out": str(tmp_path)},
+        train_loop_config={"spec": pipeline_spec(cfg, None, 1, manifest), "out": str(tmp_path)},
         datasets=datasets,
         dataset_config=dataset_config(),
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
@@ -110,3 +110,90 @@ def test_torch_trainer_two_workers_on_two_cpus(datasets, dataset, tmp_path):
         assert seen["train_rows"] == manifest["counts"]["train"], "every train row once per epoch across the 2 workers"
         assert seen["batches"] == 2 * seen["rank0_batches"], "equal batch counts keep DDP in step"
         assert seen["val_pixels"] == manifest["splits"]["val"]["pixels"], "every val pixel exactly once, no padding"
+
+
+SIZES = [(20, 27), (33, 18), (27, 20), (45, 31), (20, 27), (33, 18), (19, 19), (45, 31), (27, 20), (20, 27), (33, 18), (50, 41)]
+
+
+@pytest.fixture(scope="module")
+def mixed_dataset(tmp_path_factory) -> str:
+    """12 images of 6 sizes, none a multiple of 16, nearly all in val."""
+    import numpy as np
+
+    from unet_dist.config import IngestConfig
+    from unet_dist.data import ingest
+    from unet_dist.data.codec import encode_png
+    from unet_dist.data.synthetic import sample
+
+    root = tmp_path_factory.mktemp("mixed")
+    (root / "raw" / "images").mkdir(parents=True)
+    (root / "raw" / "masks").mkdir()
+    for i, (h, w) in enumerate(SIZES):
+        image, mask = sample(np.random.default_rng(i), 64)
+        (root / "raw" / "images" / f"m{i:02d}.png").write_bytes(encode_png(image[:h, :w]))
+        (root / "raw" / "masks" / f"m{i:02d}.png").write_bytes(encode_png(mask[:h, :w]))
+    ingest(str(root / "raw"), str(root / "ds"), IngestConfig(split=(0.1, 0.9, 0.0)), progress=False)
+    return str(root / "ds")
+
+
+def _conv_model() -> torch.nn.Module:
+    """A deterministic down/up-sampling conv net whose border outputs depend on how far the padding reaches."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Upsample(scale_factor=2),
+        torch.nn.Conv2d(4, 2, 3, padding=1),
+    ).eval()
+
+
+def _predictions(batches, model) -> dict[bytes, torch.Tensor]:
+    """Each image's logits over its real pixels, keyed by its pixels; checks every image has its own padded shape."""
+    from unet_dist.data.pipeline import padded_shape
+
+    out: dict[bytes, torch.Tensor] = {}
+    for batch in batches:
+        with torch.no_grad():
+            logits = model(batch["image"])
+        for x, y, z in zip(batch["image"], batch["mask"], logits):
+            valid = y != IGNORE_INDEX
+            h, w = int(valid.any(1).sum()), int(valid.any(0).sum())
+            assert tuple(y.shape) == padded_shape(h, w, 16), "padded only to its own size"
+            out[x[:, :h, :w].numpy().tobytes()] = z[:, :h, :w]
+    return out
+
+
+def test_val_predictions_independent_of_batch_size_and_workers(ray_local, mixed_dataset):
+    from unet_dist.data.pipeline import collate_whole, decode_row
+
+    manifest = read_manifest(mixed_dataset)
+    cfg = DataConfig(dataset=mixed_dataset, crop_size=32)
+    spec = pipeline_spec(cfg, None, 1, manifest, pad_multiple=16)
+    val = build_datasets(cfg, None, 1, manifest, splits=("val",))["val"]
+    model = _conv_model()
+    single = _predictions(iter_val_batches(val.iterator(), 1, spec, 0, 1), model)
+    triple = _predictions(iter_val_batches(val.iterator(), 3, spec, 0, 1), model)
+    ranks = [_predictions(iter_val_batches(val.iterator(), 3, spec, r, 2), model) for r in range(2)]
+    assert len(single) == manifest["counts"]["val"] >= 8
+    assert not set(ranks[0]) & set(ranks[1]), "each val image on exactly one rank"
+    assert sum(v.shape[-2] * v.shape[-1] for v in single.values()) == manifest["splits"]["val"]["pixels"]
+    for other in (triple, {**ranks[0], **ranks[1]}):
+        assert set(other) == set(single)
+        for key, logits in single.items():
+            torch.testing.assert_close(other[key], logits, rtol=1e-5, atol=1e-6)
+            assert torch.equal(other[key].argmax(0), logits.argmax(0))
+    rows = sorted(_val_rows(manifest), key=lambda r: r["height"] * r["width"])
+    small, large = (decode_row(r["image"], r["mask"], spec) for r in (rows[0], rows[-1]))
+    h, w = small[1].shape
+    with torch.no_grad():
+        alone = model(collate_whole([small], 16)["image"])[0, :, :h, :w]
+        padded_to_large = model(collate_whole([small, large], 16)["image"])[0, :, :h, :w]
+    assert not torch.allclose(alone, padded_to_large), "the test model must be sensitive to how far padding reaches"
+
+
+def _val_rows(manifest: dict) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    from unet_dist.data import split_paths
+
+    paths, fs = split_paths(manifest, "val")
+    return [r for p in paths for r in pq.read_table(p, filesystem=fs).to_pylist()]

@@ -26,7 +26,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -36,28 +37,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from unet_dist.config import IngestConfig, StorageConfig
-from unet_dist.data.codec import IMAGE_SUFFIXES, decode_image, decode_mask, encode_lossless, encode_png, pixel_scale
+from unet_dist.data.codec import IMAGE_SUFFIXES, decode_image, decode_mask, encode_lossless, encode_png
+from unet_dist.data.intensity import PixelSummary, image_stats, summarise
+from unet_dist.data.manifest import (  # noqa: F401  (dataset_exists, read_manifest, split_paths: re-exported for callers)
+    MANIFEST, PARQUET_SCHEMA, SCHEMA_VERSION, SPLITS, dataset_exists, read_manifest, split_paths,
+)
+from unet_dist.data.problems import PairError, Problem, ProblemKind, count, problems_error, summary_lines, write_list
 from unet_dist.errors import ConfigError, DataError
 from unet_dist.storage import Location, check_writable, resolve
 
-SCHEMA_VERSION = 1
-MANIFEST = "dataset.json"
-SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-_MAX_LISTED = 20
-
-PARQUET_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("image", pa.binary()),
-    ("mask", pa.binary()),
-    ("height", pa.int32()),
-    ("width", pa.int32()),
-    ("channels", pa.int8()),
-    ("bit_depth", pa.int8()),
-    ("source", pa.string()),
-    ("mask_source", pa.string()),
-    ("split", pa.string()),
-])
 
 
 @dataclass(frozen=True)
@@ -83,17 +72,8 @@ class Record:
     bit_depth: int
     digest: str
     class_counts: np.ndarray
-    pix_sum: np.ndarray
-    pix_sqsum: np.ndarray
+    pixels: PixelSummary
     split: str = ""
-
-
-@dataclass
-class Problem:
-    """Why a pair is invalid."""
-
-    file: str
-    reason: str
 
 
 @dataclass
@@ -120,9 +100,9 @@ def _scan_folder(src: Location) -> _Scan:
     for stem in sorted(set(images) | set(masks)):
         img, msk = images.get(stem), masks.get(stem)
         if img is None:
-            scan.problems.append(Problem(msk or stem, "mask has no image (no images/<stem>.* with the same stem)"))
+            scan.problems.append(Problem(msk or stem, "mask has no image (no images/<stem>.* with the same stem)", ProblemKind.MISSING_IMAGE))
         elif msk is None:
-            scan.problems.append(Problem(img, f"mask is missing (expected masks/{stem}.png or another image format)"))
+            scan.problems.append(Problem(img, f"mask is missing (expected masks/{stem}.png or another image format)", ProblemKind.MISSING_MASK))
         else:
             scan.pairs.append(Pair(stem, img, msk))
     return scan
@@ -135,7 +115,8 @@ def _by_stem(folder: Location, scan: _Scan) -> dict[str, str]:
             continue
         stem = _stem(child.name)
         if stem in out:
-            scan.problems.append(Problem(child.uri, f"duplicate stem {stem!r} (also {posixpath.basename(out[stem])}); keep one file per stem"))
+            scan.problems.append(Problem(child.uri, f"duplicate stem {stem!r} (also {posixpath.basename(out[stem])}); keep one file per stem",
+                                          ProblemKind.DUPLICATE))
             continue
         out[stem] = child.uri
     return out
@@ -158,12 +139,12 @@ def _scan_csv(src: Location, cfg: IngestConfig) -> _Scan:
         where = f"{src.uri}:{lineno}"
         img, msk = row.get("image", ""), row.get("mask", "")
         if not img:
-            scan.problems.append(Problem(where, "empty image path"))
+            scan.problems.append(Problem(where, "empty image path", ProblemKind.BAD_ROW))
             continue
         image_uri, mask_uri = _abs(base, img, src.is_s3), _abs(base, msk, src.is_s3) if msk else None
         rel = posixpath.splitext(img)[0].lstrip("./").replace("/", "_") if "://" not in img else _stem(img)
         if rel in seen:
-            scan.problems.append(Problem(where, f"duplicate image id {rel!r} (also line {seen[rel]})"))
+            scan.problems.append(Problem(where, f"duplicate image id {rel!r} (also line {seen[rel]})", ProblemKind.DUPLICATE))
             continue
         seen[rel] = lineno
         split = None
@@ -171,10 +152,11 @@ def _scan_csv(src: Location, cfg: IngestConfig) -> _Scan:
             value = row.get(cfg.split_column, "").lower()
             split = _SPLIT_ALIASES.get(value)
             if split is None:
-                scan.problems.append(Problem(image_uri, f"split {value!r} in column {cfg.split_column!r} ({where}) is not train/val/test"))
+                scan.problems.append(Problem(image_uri, f"split {value!r} in column {cfg.split_column!r} ({where}) is not train/val/test",
+                                              ProblemKind.BAD_ROW))
                 continue
         if mask_uri is None:
-            scan.problems.append(Problem(image_uri, f"mask is missing (empty mask column at {where})"))
+            scan.problems.append(Problem(image_uri, f"mask is missing (empty mask column at {where})", ProblemKind.MISSING_MASK))
             continue
         scan.pairs.append(Pair(rel, image_uri, mask_uri, split))
     return scan
@@ -201,10 +183,11 @@ def discover(src: str, cfg: IngestConfig, storage: StorageConfig | None = None) 
 
 
 def labels_from_mask(mask: np.ndarray, cfg: IngestConfig) -> np.ndarray:
-    """Class ids (0..C-1) from a raw mask, per ``cfg.mask_mode``; raises DataError naming the offending values."""
+    """Class ids (0..C-1) from a raw mask, per ``cfg.mask_mode``; raises PairError naming the offending values."""
+    bad = ProblemKind.BAD_MASK_VALUES
     if cfg.mask_mode == "instance":
         if mask.min() < 0:
-            raise DataError(f"instance mask has negative ids {sorted(int(v) for v in np.unique(mask[mask < 0])[:5])}")
+            raise PairError(bad, f"instance mask has negative ids {sorted(int(v) for v in np.unique(mask[mask < 0])[:5])}")
         return (mask > 0).astype(np.uint8)
     values = np.unique(mask)
     if cfg.mask_mode == "binary":
@@ -214,48 +197,49 @@ def labels_from_mask(mask: np.ndarray, cfg: IngestConfig) -> np.ndarray:
         if vals <= {0, 255}:
             return (mask // 255).astype(np.uint8)
         shown = sorted(vals)[:10]
-        raise DataError(f"binary mask values {shown}{'...' if len(vals) > 10 else ''} are not 0/1 or 0/255; "
+        raise PairError(bad, f"binary mask values {shown}{'...' if len(vals) > 10 else ''} are not 0/1 or 0/255; "
                         "use mask_mode multiclass (class ids) or instance (id > 0 is foreground)")
     n = len(cfg.class_names)
-    bad = values[(values < 0) | (values >= n)]
-    if bad.size:
+    out = values[(values < 0) | (values >= n)]
+    if out.size:
         hint = "; it looks like a 0/255 binary mask: use --mask-mode binary" if set(int(v) for v in values) <= {0, 255} else ""
-        raise DataError(f"labels {[int(v) for v in bad[:10]]} out of range 0..{n - 1} for {n} classes (ingest.class_names){hint}")
+        raise PairError(bad, f"labels {[int(v) for v in out[:10]]} out of range 0..{n - 1} for {n} classes (ingest.class_names){hint}")
     return mask.astype(np.uint8 if n <= 256 else np.uint16)
 
 
+def _read(uri: str, storage: StorageConfig | None, what: str) -> bytes:
+    try:
+        return resolve(uri, storage).read_bytes()
+    except Exception as err:
+        raise PairError(ProblemKind.UNREADABLE, f"cannot read {what} ({err})") from None
+
+
+def _decoded(data: bytes, decode: Any, prefix: str) -> np.ndarray:
+    try:
+        return decode(data)
+    except PairError as err:
+        raise err.prefixed(prefix) from None
+
+
 def _load(pair: Pair, cfg: IngestConfig, storage: StorageConfig | None, num_classes: int) -> Record:
+    """Read, decode, check and summarise one pair; raises PairError (with its ProblemKind)."""
     assert pair.image is not None and pair.mask is not None
-    try:
-        image_bytes = resolve(pair.image, storage).read_bytes()
-    except Exception as err:
-        raise DataError(f"cannot read image ({err})") from None
-    try:
-        image = decode_image(image_bytes)
-    except DataError as err:
-        raise DataError(f"image: {err}") from None
-    try:
-        mask_raw = decode_mask(resolve(pair.mask, storage).read_bytes())
-    except DataError as err:
-        raise DataError(f"mask {posixpath.basename(pair.mask)}: {err}") from None
-    except Exception as err:
-        raise DataError(f"cannot read mask {pair.mask} ({err})") from None
+    mask_name = posixpath.basename(pair.mask)
+    image = _decoded(_read(pair.image, storage, "image"), decode_image, "image")
+    mask_raw = _decoded(_read(pair.mask, storage, f"mask {pair.mask}"), decode_mask, f"mask {mask_name}")
     h, w, c = image.shape
     if mask_raw.shape != (h, w):
-        raise DataError(f"size mismatch: image is {h}x{w} but mask {posixpath.basename(pair.mask)} is {mask_raw.shape[0]}x{mask_raw.shape[1]}")
-    try:
-        labels = labels_from_mask(mask_raw, cfg)
-    except DataError as err:
-        raise DataError(f"mask {posixpath.basename(pair.mask)}: {err}") from None
+        raise PairError(ProblemKind.SIZE_MISMATCH,
+                        f"size mismatch: image is {h}x{w} but mask {mask_name} is {mask_raw.shape[0]}x{mask_raw.shape[1]}")
+    labels = _decoded(mask_raw, lambda m: labels_from_mask(m, cfg), f"mask {mask_name}")
     counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=num_classes)[:num_classes]
-    x = image.reshape(-1, c).astype(np.float64) / pixel_scale(image.dtype)
     digest = hashlib.sha256()
     for part in (pair.id.encode(), str(image.shape).encode(), str(image.dtype).encode(), image.tobytes(), labels.tobytes()):
         digest.update(part)
     return Record(
         pair=pair, image_bytes=encode_lossless(image), mask_bytes=encode_png(labels), height=h, width=w, channels=c,
-        bit_depth=16 if image.dtype == np.uint16 else 8, digest=digest.hexdigest(), class_counts=counts,
-        pix_sum=x.sum(0), pix_sqsum=(x * x).sum(0),
+        bit_depth=image.dtype.itemsize * 8, digest=digest.hexdigest(), class_counts=counts,
+        pixels=summarise(image, keep_sample=cfg.intensity == "percentile"),
     )
 
 
@@ -301,22 +285,14 @@ def _rate(done: int, nbytes: int, start: float, unit: str) -> str:
     return f"{done / dt:6.1f} {unit}/s  {nbytes / dt / 2**20:6.1f} MiB/s"
 
 
-def problems_table(problems: Iterable[Problem], title: str) -> Table:
-    """A rich table of (file, reason)."""
-    table = Table(title=title, show_lines=False)
-    table.add_column("file", overflow="fold")
-    table.add_column("reason", overflow="fold")
-    for p in problems:
-        table.add_row(p.file, p.reason)
-    return table
-
-
-def _problems_error(problems: list[Problem], src: str, total: int) -> DataError:
-    listed = "; ".join(f"{posixpath.basename(p.file.rstrip('/')) or p.file}: {p.reason}" for p in problems[:_MAX_LISTED])
-    more = f"; ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
-    err = DataError(f"{len(problems)} of {total} pairs in {src} are invalid (nothing written; fix them or pass --skip-invalid): {listed}{more}")
-    err.problems = problems  # type: ignore[attr-defined]
-    return err
+def report_problems(problems: list[Problem], src: str, cfg: IngestConfig, console: Console, show: bool) -> Path:
+    """Write the full list of invalid pairs to a local file and, when ``show``, print one line per kind."""
+    listing = write_list(problems, cfg.problems_file)
+    if show:
+        console.print(f"{len(problems)} invalid pair(s) in {src}; full list: {listing}", highlight=False, soft_wrap=True)
+        for line in summary_lines(problems):
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    return listing
 
 
 def _prepare_dest(dest: Location) -> None:
@@ -381,8 +357,8 @@ class _ShardWriter:
 
 
 def _validated(pairs: list[Pair], cfg: IngestConfig, storage: StorageConfig | None,
-               num_classes: int) -> Iterator[tuple[Pair, Record | DataError]]:
-    """Each pair's Record (or its DataError) in ``pairs`` order, decoding a bounded window in parallel threads."""
+               num_classes: int) -> Iterator[tuple[Pair, Record | PairError]]:
+    """Each pair's Record (or its PairError) in ``pairs`` order, decoding a bounded window in parallel threads."""
     workers = min(8, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         todo = iter(pairs)
@@ -395,7 +371,7 @@ def _validated(pairs: list[Pair], cfg: IngestConfig, storage: StorageConfig | No
                 pending.append((nxt, pool.submit(_load, nxt, cfg, storage, num_classes)))
             try:
                 yield pair, fut.result()
-            except DataError as err:
+            except PairError as err:
                 yield pair, err
 
 
@@ -406,13 +382,16 @@ def ingest(
     storage: StorageConfig | None = None,
     progress: bool = True,
     console: Console | None = None,
+    results: Console | None = None,
 ) -> dict[str, Any]:
     """Validate every pair in SRC, shard valid ones to Parquet at DEST, commit ``dataset.json`` last; returns the manifest.
 
     Pairs are validated in id order and streamed into shards under a staging prefix, so memory stays bounded.
-    All invalid pairs are reported together: a DataError (with ``.problems``) unless ``cfg.skip_invalid``,
-    in which case they are listed under ``skipped`` in the manifest. On any failure the staging prefix is
-    removed and DEST is left as it was. ``progress`` shows the bar and summary.
+    All invalid pairs are reported together, grouped by :class:`ProblemKind` (full list in a local JSON-lines
+    file, never in DEST): a DataError (with ``.problems``) unless ``cfg.skip_invalid``, in which case they are
+    listed under ``skipped`` in the manifest. On any failure the staging prefix is removed and DEST is left as
+    it was. ``progress`` shows the bar and diagnostics on ``console`` (stderr) and the final summary table on
+    ``results`` (stdout).
 
     Splits are drawn from all discovered pair ids (or the manifest's split column) before validation, so
     fixing or dropping one bad file never moves other images between splits.
@@ -443,8 +422,8 @@ def ingest(
             task = bar.add_task("ingest", total=len(pairs), rate="")
             start, nbytes, n_bad = time.perf_counter(), 0, len(problems)
             for pair, result in _validated(pairs, cfg, storage, num_classes):
-                if isinstance(result, DataError):
-                    problems.append(Problem(pair.image or pair.id, str(result)))
+                if isinstance(result, PairError):
+                    problems.append(Problem(pair.image or pair.id, str(result), result.kind))
                 else:
                     result.split = split_of[pair.id]
                     records.append(result)
@@ -456,11 +435,10 @@ def ingest(
                 bar.update(task, advance=1, rate=_rate(len(records) + len(problems) - n_bad, nbytes, start, "pairs")
                            + f"  {writer.shards} shards")
         problems.sort(key=lambda p: p.file)
-        total = len(pairs) + sum(1 for p in problems if "mask has no image" in p.reason)
-        if problems and progress:
-            console.print(problems_table(problems, f"{len(problems)} invalid pair(s) in {src_loc.uri}"))
-        if problems and not cfg.skip_invalid:
-            raise _problems_error(problems, src_loc.uri, total)
+        total = len(pairs) + count(problems, ProblemKind.MISSING_IMAGE)
+        listing = report_problems(problems, src_loc.uri, cfg, console, progress) if problems else None
+        if listing and not cfg.skip_invalid:
+            raise problems_error(problems, src_loc.uri, total, listing)
         if not records:
             raise DataError(f"no valid pairs in {src_loc.uri} ({len(problems)} invalid); nothing to write")
         files = writer.close()
@@ -471,7 +449,7 @@ def ingest(
     _commit(dest_loc, staging, version, manifest)
     manifest["uri"] = dest_loc.uri
     if progress:
-        console.print(summary_table(manifest))
+        (results or Console()).print(summary_table(manifest))
     return manifest
 
 
@@ -489,20 +467,7 @@ def _manifest(records: list[Record], problems: list[Problem], files: dict[str, l
               cfg: IngestConfig, src: Location, version: str) -> dict[str, Any]:
     counts = np.sum([r.class_counts for r in records], axis=0).astype(np.int64)
     total_px = int(counts.sum())
-    chans = max(r.channels for r in records)
-    train = [r for r in records if r.split == "train"] or records
-    s = np.zeros(chans)
-    ss = np.zeros(chans)
-    n_px = 0
-    for r in train:
-        rs, rss = r.pix_sum, r.pix_sqsum
-        if r.channels != chans:
-            rs, rss = np.repeat(rs, chans), np.repeat(rss, chans)
-        s += rs
-        ss += rss
-        n_px += r.height * r.width
-    mean = s / max(n_px, 1)
-    std = np.sqrt(np.maximum(ss / max(n_px, 1) - mean * mean, 0.0))
+    stats = image_stats([r.pixels for r in records], [r.split == "train" for r in records], cfg)
     fp = hashlib.sha256(json.dumps({"mask_mode": cfg.mask_mode, "class_names": names}, sort_keys=True).encode())
     for r in records:
         fp.update(r.digest.encode())
@@ -515,7 +480,7 @@ def _manifest(records: list[Record], problems: list[Problem], files: dict[str, l
         "mask_mode": cfg.mask_mode,
         "class_names": names,
         "num_classes": len(names),
-        "channels": chans,
+        "channels": stats["channels"],
         "bit_depths": sorted({r.bit_depth for r in records}),
         "fingerprint": fp.hexdigest(),
         "counts": {**{sp: sum(1 for r in records if r.split == sp) for sp in SPLITS}, "total": len(records)},
@@ -525,10 +490,9 @@ def _manifest(records: list[Record], problems: list[Problem], files: dict[str, l
         "split_by": f"column:{cfg.split_column}" if cfg.split_column else {"ratios": list(cfg.split), "seed": cfg.seed},
         "class_pixel_counts": {n: int(c) for n, c in zip(names, counts)},
         "class_pixel_freq": {n: (float(c) / total_px if total_px else 0.0) for n, c in zip(names, counts)},
-        "image_stats": {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "channels": chans,
-                        "units": "pixel / (255 or 65535 for 16-bit)", "computed_on": "train" if train is not records else "all"},
+        "image_stats": stats,
         "image_size": {"min_hw": [min(heights), min(widths)], "max_hw": [max(heights), max(widths)]},
-        "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
+        "skipped": [p.to_json() for p in problems],
         "rows_per_shard": cfg.rows_per_shard,
         "parquet_columns": PARQUET_SCHEMA.names,
     }
@@ -548,40 +512,8 @@ def _commit(dest: Location, staging: Location, version: str, manifest: dict[str,
             child.rm(recursive=True)
 
 
-def dataset_exists(uri: str, storage: StorageConfig | None = None) -> bool:
-    """True when a complete dataset (its dataset.json) is at ``uri``."""
-    return resolve(uri, storage).join(MANIFEST).exists()
-
-
-def read_manifest(uri: str, storage: StorageConfig | None = None) -> dict[str, Any]:
-    """The manifest of a complete dataset at ``uri`` (plus ``uri``); DataError if none is there."""
-    loc = resolve(uri, storage)
-    path = loc.join(MANIFEST)
-    if not path.exists():
-        leftovers = [c.name for c in loc.ls() if c.name.startswith((".tmp-", "data-"))] if loc.exists() else []
-        if leftovers:
-            raise DataError(f"no complete dataset at {loc.uri}: dataset.json is missing (an ingest was interrupted); "
-                            f"re-run `unet-dist ingest SRC {loc.uri}`")
-        raise DataError(f"no dataset at {loc.uri}: dataset.json not found; create one with `unet-dist ingest SRC {loc.uri}`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path.uri} is not valid JSON ({err}); re-run ingest") from None
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise DataError(f"{path.uri} has schema_version {version!r}; this unet-dist reads {SCHEMA_VERSION}: re-run ingest")
-    manifest["uri"] = loc.uri
-    return manifest
-
-
-def split_paths(manifest: dict[str, Any], split: str, storage: StorageConfig | None = None) -> tuple[list[str], Any]:
-    """``(paths, pyarrow filesystem)`` of one split's Parquet shards, for ``ray.data.read_parquet``/``pq.read_table``."""
-    loc = resolve(manifest["uri"], storage)
-    return [loc.join(f).path for f in manifest["splits"][split]["files"]], loc.arrow
-
-
 def summary_table(manifest: dict[str, Any]) -> Table:
-    """The final ingest summary: splits, classes with pixel frequencies, sizes, stats, skipped pairs."""
+    """The final ingest summary: splits, classes with pixel frequencies, sizes, intensity scale, stats, skipped pairs."""
     table = Table(title=f"dataset {manifest.get('uri', '')}".strip(), show_header=True)
     table.add_column("item")
     table.add_column("value", overflow="fold")
@@ -594,6 +526,9 @@ def summary_table(manifest: dict[str, Any]) -> Table:
     table.add_row("image size", f"{size['min_hw'][0]}x{size['min_hw'][1]} .. {size['max_hw'][0]}x{size['max_hw'][1]}, "
                                 f"{manifest['channels']} ch, {'/'.join(str(b) for b in manifest['bit_depths'])}-bit")
     stats = manifest["image_stats"]
+    ranges = stats.get("scale", {}).get("ranges", {})
+    table.add_row("intensity", f"{stats.get('scale', {}).get('intensity', 'dtype')}: "
+                               + ", ".join(f"{d} {lo:g}..{hi:g} -> 0..1" for d, (lo, hi) in ranges.items()))
     table.add_row("mean / std", ", ".join(f"{m:.4f}/{s:.4f}" for m, s in zip(stats["mean"], stats["std"])))
     table.add_row("fingerprint", manifest["fingerprint"][:16])
     table.add_row("skipped", str(len(manifest["skipped"])))

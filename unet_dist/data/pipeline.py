@@ -16,7 +16,12 @@ receives the image.
 
 Pass ``dataset_config()`` to ``TorchTrainer`` so "train" is split across workers and "val" is not: each
 worker then serves the validation images whose id hashes to its rank, whole, so validation covers each real pixel
-exactly once (padding is marked ignore, ``-1``).
+exactly once (padding is marked ignore, ``-1``). Each validation image is padded only to its own size rounded up
+to ``pad_multiple`` and batched with images of the same padded shape, so its predictions never depend on which
+other images share its batch, worker count or batch size.
+
+Both driver-side functions take the manifest the caller already read (:func:`~unet_dist.data.manifest.read_manifest`),
+so a run reads ``dataset.json`` once.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from torchvision.transforms.v2 import functional as F
 
 from unet_dist.config import DataConfig, StorageConfig
 from unet_dist.data.codec import decode_image, decode_mask, to_model_input
-from unet_dist.data.ingest import read_manifest, split_paths
+from unet_dist.data.manifest import split_paths
 from unet_dist.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -60,37 +65,43 @@ class PipelineSpec:
     num_crops_per_image: int = 1
     shuffle_buffer: int = 64
     pad_multiple: int = 1
+    scale: tuple[tuple[str, float, float], ...] = ()
+    intensity: str = "dtype"
 
     @property
-    def stats(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
+    def stats(self) -> dict[str, Any]:
+        """The ``image_stats`` form :func:`~unet_dist.data.codec.to_model_input` takes (and checkpoints carry)."""
+        out: dict[str, Any] = {"mean": list(self.mean), "std": list(self.std)}
+        if self.scale:
+            out["scale"] = {"intensity": self.intensity, "ranges": {d: [lo, hi] for d, lo, hi in self.scale}}
+        return out
 
 
-def pipeline_spec(cfg: DataConfig, storage: StorageConfig | None, in_channels: int, pad_multiple: int = 1,
-                  manifest: dict[str, Any] | None = None) -> PipelineSpec:
-    """The worker-side spec for ``cfg.dataset``; ``pad_multiple`` rounds validation sizes up (e.g. 2**depth)."""
-    manifest = manifest or read_manifest(_dataset_uri(cfg), storage)
+def _scale_fields(stats: dict[str, Any]) -> dict[str, Any]:
+    scale = stats.get("scale")
+    if not scale:
+        return {}
+    ranges = tuple((d, float(lo), float(hi)) for d, (lo, hi) in sorted(scale["ranges"].items()))
+    return {"scale": ranges, "intensity": str(scale.get("intensity", "dtype"))}
+
+
+def pipeline_spec(cfg: DataConfig, storage: StorageConfig | None, in_channels: int, manifest: dict[str, Any],
+                  pad_multiple: int = 1) -> PipelineSpec:
+    """The worker-side spec for the dataset whose ``manifest`` the caller read; ``pad_multiple`` rounds validation
+    sizes up (e.g. 2**depth). ``storage`` is unused and kept so every data entry point takes the same leading args."""
     stats = manifest["image_stats"]
     return PipelineSpec(
         in_channels=in_channels, num_classes=int(manifest["num_classes"]), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
-        crop_size=cfg.crop_size, hflip=cfg.hflip, vflip=cfg.vflip, rot90=cfg.rot90, intensity_jitter=cfg.intensity_jitter,
+        **_scale_fields(stats), crop_size=cfg.crop_size, hflip=cfg.hflip, vflip=cfg.vflip, rot90=cfg.rot90, intensity_jitter=cfg.intensity_jitter,
         num_crops_per_image=cfg.num_crops_per_image, shuffle_buffer=cfg.shuffle_buffer, pad_multiple=pad_multiple,
     )
 
 
-def _dataset_uri(cfg: DataConfig) -> str:
-    if not cfg.dataset:
-        raise ConfigError("data.dataset is empty: ingest a dataset (`unet-dist ingest SRC DEST`) and set data.dataset=DEST, "
-                          "or use unet_dist.data.synthetic.demo_dataset() for demo data")
-    return cfg.dataset
-
-
-def build_datasets(cfg: DataConfig, storage: StorageConfig | None, in_channels: int,
+def build_datasets(cfg: DataConfig, storage: StorageConfig | None, in_channels: int, manifest: dict[str, Any],
                    splits: tuple[str, ...] = ("train", "val")) -> dict[str, "ray.data.Dataset"]:
-    """Ray Datasets of encoded rows read from ``cfg.dataset`` (local or S3), one per split in ``splits``."""
+    """Ray Datasets of encoded rows of the dataset ``manifest`` describes (local or S3), one per split in ``splits``."""
     import ray.data
 
-    manifest = read_manifest(_dataset_uri(cfg), storage)
     if in_channels not in (1, 3) and manifest["channels"] != in_channels:
         raise ConfigError(f"model.in_channels={in_channels}: dataset {manifest['uri']} has {manifest['channels']}-channel images; use 1 or 3")
     out: dict[str, ray.data.Dataset] = {}
@@ -197,27 +208,42 @@ def collate_whole(samples: list[tuple[torch.Tensor, torch.Tensor]], pad_multiple
     return {"image": torch.stack(images), "mask": torch.stack(masks)}
 
 
+def padded_shape(height: int, width: int, pad_multiple: int) -> tuple[int, int]:
+    """An image's own validation size: its size rounded up to ``pad_multiple``, whatever else is in its batch."""
+    return _round_up(height, pad_multiple), _round_up(width, pad_multiple)
+
+
+def _mine(image_id: Any, rank: int, world_size: int) -> bool:
+    return world_size == 1 or zlib.crc32(str(image_id).encode()) % world_size == rank
+
+
 def iter_val_batches(shard: Any, batch_size: int, spec: PipelineSpec, rank: int | None = None,
                      world_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """Whole validation images, padded per batch; this worker's share when "val" is unsplit (see dataset_config()).
+    """Whole validation images, this worker's share when "val" is unsplit (see dataset_config()).
 
+    Each image is padded to its own size rounded up to ``spec.pad_multiple`` and batched only with images of the
+    same padded shape (a bucket is emitted when it holds ``batch_size`` images, the rest at the end), so every
+    image's predictions are the same whatever the batch size or number of workers.
     Rank and world size default to the Ray Train context (0 and 1 outside Train).
     """
     if _is_split(shard):
         rank, world_size = 0, 1
     elif rank is None or world_size is None:
         rank, world_size = _train_rank()
-    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+    buckets: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for rows in shard.iter_batches(batch_size=max(batch_size, 16), batch_format="numpy"):
         for image_id, image, mask in zip(rows["id"], rows["image"], rows["mask"]):
-            if world_size > 1 and zlib.crc32(str(image_id).encode()) % world_size != rank:
+            if not _mine(image_id, rank, world_size):
                 continue
-            pending.append(decode_row(image, mask, spec))
-            if len(pending) == batch_size:
-                yield collate_whole(pending, spec.pad_multiple)
-                pending = []
-    if pending:
-        yield collate_whole(pending, spec.pad_multiple)
+            x, y = decode_row(image, mask, spec)
+            bucket = buckets.setdefault(padded_shape(*y.shape, spec.pad_multiple), [])
+            bucket.append((x, y))
+            if len(bucket) == batch_size:
+                yield collate_whole(bucket, spec.pad_multiple)
+                bucket.clear()
+    for bucket in buckets.values():
+        if bucket:
+            yield collate_whole(bucket, spec.pad_multiple)
 
 
 def _train_rank() -> tuple[int, int]:
