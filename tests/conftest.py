@@ -110,6 +110,14 @@ def ray_tmpdir() -> Path:
 
 
 @pytest.fixture
+def own_ray_tmpdir() -> str:
+    """A short RAY_TMPDIR for a subprocess that starts its own Ray (socket paths must stay under 108 bytes)."""
+    d = tempfile.mkdtemp(prefix="urp", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def ray_local(ray_tmpdir):
     """A local 2-CPU Ray shared by tests: started on first use, and again after a test that needed its own
     cluster (those shut it down). Stopped with ray.shutdown() at the end of the session, never `ray stop`."""

@@ -63,3 +63,30 @@ def test_ingest_results_on_stdout_progress_on_stderr_and_json_alone(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["counts"]["total"] == 4
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+@pytest.mark.parametrize("kind", ["malicious", "truncated"])
+def test_evaluate_refuses_a_bad_checkpoint_in_one_line(kind, tmp_path):
+    import torch
+
+    marker, state = tmp_path / "pwned", tmp_path / "model-best.pt"
+    if kind == "malicious":
+        torch.save({"model": {}, "payload": _Payload(str(marker))}, state)
+    else:
+        torch.save({"model": {"w": torch.zeros(64, 64)}, "epoch": 1}, state)
+        state.write_bytes(state.read_bytes()[:300])
+    proc = run("evaluate", str(state))
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert str(state) in err and "weights_only=False" not in err and not marker.exists()
+    assert ("refused to load" if kind == "malicious" else "truncated or corrupt") in err

@@ -17,6 +17,8 @@ import yaml
 
 from unet_dist.config import IngestConfig
 from unet_dist.data.manifest import read_manifest, split_paths
+from unet_dist.runs import RunDir
+from unet_dist.storage import resolve
 from unet_dist.train import fit
 from unet_dist.train.evaluate import evaluate
 from unet_dist.train.inference import load_model
@@ -60,6 +62,9 @@ def trained(tmp_path_factory, ray_tmpdir):
 def test_checkpoint_alone_predicts_what_evaluate_measured(trained) -> None:
     root, checkpoint = trained
     measured = evaluate(checkpoint, split="val", batch_size=3)
+    run = RunDir(resolve(root / "runs" / "infer"))
+    reported = run.metrics()[measured["epoch"]]
+    assert measured["confusion_matrix"] == reported["val_confusion_matrix"]  # mixed sizes, another batch size: exact
     manifest = read_manifest(str(root / "A"))
     paths, _ = split_paths(manifest, "val")
     sources = [(r["source"], r["mask_source"]) for p in paths for r in pq.read_table(p).to_pylist()]
@@ -86,10 +91,9 @@ def test_evaluate_normalises_with_the_training_statistics(trained) -> None:
 
 @pytest.mark.ray
 @pytest.mark.s3
-def test_encoder_weights_from_s3_with_credentials_in_the_config_only(trained, s3_server, s3_uri, tmp_path) -> None:
+def test_encoder_weights_from_s3_with_credentials_in_the_config_only(trained, s3_server, s3_uri, tmp_path,
+                                                                    own_ray_tmpdir) -> None:
     """A subprocess with no AWS_* environment: workers must get endpoint and keys from the config."""
-    from unet_dist.storage import resolve
-
     root, checkpoint = trained
     source = load_model(checkpoint).model
     encoder = {k.removeprefix("encoder."): v for k, v in source.state_dict().items() if k.startswith("encoder.")}
@@ -106,8 +110,7 @@ def test_encoder_weights_from_s3_with_credentials_in_the_config_only(trained, s3
         "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "torch_threads": 1, "use_gpu": False},
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = str(tmp_path / "ray")
-    (tmp_path / "ray").mkdir()
+    env["RAY_TMPDIR"] = own_ray_tmpdir
     proc = subprocess.run([sys.executable, "-m", "unet_dist", "train", "--config", str(config), "--json"],
                           env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]

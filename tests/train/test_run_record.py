@@ -20,6 +20,8 @@ from unet_dist.storage import resolve
 from unet_dist.train import TrainingFailed, fit
 from unet_dist.train.loop import FAULT_ENV
 
+RAY_NOISE = ("Reporting training result", "Execution plan", "Starting execution of Dataset", "SplitCoordinator",
+             "core_worker", "RayDeprecationWarning", "PreemptionWatcher", "(RayTrainWorker", "(TrainController")
 COMMON = ("data.crop_size=64", "resources.num_workers=1", "train.warmup_epochs=0")
 
 
@@ -49,6 +51,18 @@ def test_failed_run_record_names_the_worker_exception(small_config, ray_local, s
     assert record["epochs"] == 1 and record["best_epoch"] == 0
 
 
+@pytest.mark.ray
+def test_a_user_error_on_a_worker_is_not_retried(small_config, ray_local, synthetic_dataset, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(FAULT_ENV, "rank=0,epoch=0,step=0,raise=shard part-0003 is unreadable,kind=data")
+    cfg = small_config(synthetic_dataset, str(tmp_path), *COMMON, "train.epochs=2", "train.name=userr", "train.max_failures=3")
+    start = time.time()
+    with pytest.raises(TrainingFailed, match="DataError: shard part-0003 is unreadable"):
+        fit(cfg, progress=False)
+    run = RunDir(resolve(tmp_path) / "userr")
+    assert [e["event"] for e in run.events()] == ["start"]  # one worker group: no retry
+    assert run.read_record()["status"] == "failed" and time.time() - start < 60
+
+
 def _ray_pids(mark: str) -> list[int]:
     """PIDs of processes whose environment carries ``mark`` (the CLI and every Ray process it started)."""
     pids = []
@@ -62,11 +76,10 @@ def _ray_pids(mark: str) -> list[int]:
 
 
 @pytest.mark.ray
-def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path) -> None:
+def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, own_ray_tmpdir) -> None:
     mark = f"UNET_DIST_TEST_MARK={uuid.uuid4().hex}"
-    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1], "RAY_TMPDIR": str(tmp_path / "ray"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1], "RAY_TMPDIR": own_ray_tmpdir, "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
-    (tmp_path / "ray").mkdir()
     cmd = [sys.executable, "-m", "unet_dist", "train", "--data", synthetic_dataset, "--storage", str(tmp_path / "runs"),
            "--name", "r", "--epochs", "6", "--json", "--workers", "1",
            *[a for kv in (*COMMON, "model.base_filters=8", "model.depth=3", "resources.cpus_per_worker=0.5",
@@ -90,6 +103,10 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path) -
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
+    noise = [line for line in done.stderr.splitlines()
+             if any(s in line for s in RAY_NOISE)]
+    assert not noise, noise  # --json: Ray's chatter stays in Ray's log files
+    assert done.stdout.strip().count("\n") == 0  # one JSON line on stdout
     record = run.read_record()
     assert record["status"] == "finished" and record["epochs"] == 6 and record["resumed_at"]
     assert [r["epoch"] for r in run.metrics()] == list(range(6))

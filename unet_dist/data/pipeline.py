@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -75,6 +75,10 @@ class PipelineSpec:
         if self.scale:
             out["scale"] = {"intensity": self.intensity, "ranges": {d: [lo, hi] for d, lo, hi in self.scale}}
         return out
+
+    def with_stats(self, stats: dict[str, Any]) -> "PipelineSpec":
+        """This spec normalising with ``stats`` instead (a checkpoint's training statistics)."""
+        return replace(self, mean=tuple(stats["mean"]), std=tuple(stats["std"]), **_scale_fields(stats))
 
 
 def _scale_fields(stats: dict[str, Any]) -> dict[str, Any]:
@@ -203,9 +207,14 @@ def collate_whole(samples: list[tuple[torch.Tensor, torch.Tensor]], pad_multiple
     """Pad whole images to a common size (rounded up to ``pad_multiple``): image with 0, mask with IGNORE_INDEX."""
     h = _round_up(max(x.shape[-2] for x, _ in samples), pad_multiple)
     w = _round_up(max(x.shape[-1] for x, _ in samples), pad_multiple)
-    images = [nnf.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]), value=0.0) for x, _ in samples]
-    masks = [nnf.pad(y, (0, w - y.shape[-1], 0, h - y.shape[-2]), value=IGNORE_INDEX) for _, y in samples]
+    images = [pad_to(x, h, w, 0.0) for x, _ in samples]
+    masks = [pad_to(y, h, w, IGNORE_INDEX) for _, y in samples]
     return {"image": torch.stack(images), "mask": torch.stack(masks)}
+
+
+def pad_to(t: torch.Tensor, height: int, width: int, value: float) -> torch.Tensor:
+    """Pad the bottom and right of ``t`` (``... x H x W``) to ``height x width`` with ``value``."""
+    return nnf.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=value)
 
 
 def padded_shape(height: int, width: int, pad_multiple: int) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -56,6 +57,16 @@ def torchvision_weights(model_name: str, name: str) -> WeightsEnum:
     return enum[name]
 
 
+def safe_load(data: bytes, map_location: str = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` of in-memory bytes: tensors and plain values only, nothing executed.
+
+    torch's warnings about the file (e.g. its pickle protocol) are the caller's to report, not the user's terminal's.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+
+
 def read_state_dict(uri: str, storage: StorageConfig | None = None) -> dict[str, torch.Tensor]:
     """Load a state dict from a local path or s3:// URI (``weights_only=True``), unwrapping {"model": ...}."""
     try:
@@ -63,7 +74,7 @@ def read_state_dict(uri: str, storage: StorageConfig | None = None) -> dict[str,
     except StorageError as err:
         raise ConfigError(f"model.weights: cannot read weights file {uri!r}: {err}") from None
     try:
-        obj: Any = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        obj: Any = safe_load(data)
     except Exception as err:
         raise ConfigError(_load_refused(uri, err)) from None
     for key in ("state_dict", "model"):

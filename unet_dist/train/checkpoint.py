@@ -9,7 +9,6 @@ Everything loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
+from unet_dist.models.weights import safe_load
 from unet_dist.runs import MARKER_FILE, STATE_FILE, marker_text
 from unet_dist.storage import Location, resolve
 
@@ -52,7 +52,7 @@ def load_checkpoint(uri: str | Path | Location, storage: StorageConfig | None = 
     if not loc.exists():
         raise CheckpointError(f"no checkpoint at {loc.uri}: pass a checkpoint folder (RUN/epoch_NNNN) or its {STATE_FILE}")
     try:
-        state = torch.load(io.BytesIO(loc.read_bytes()), map_location=map_location, weights_only=True)
+        state = safe_load(loc.read_bytes(), map_location)
     except StorageError:
         raise
     except pickle.UnpicklingError as err:

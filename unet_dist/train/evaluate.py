@@ -34,7 +34,7 @@ def evaluate(checkpoint: str, *, split: str = "val", dataset: str | None = None,
     if threads:
         torch.set_num_threads(threads)
     manifest = read_manifest(cfg.data.dataset, cfg.storage)
-    with ray_session(cfg, quiet=True, include_dashboard=False):
+    with ray_session(cfg, include_dashboard=False):
         ds = build_datasets(cfg.data, cfg.storage, cfg.model.in_channels, manifest, splits=(split,))[split]
         spec = pipeline_spec(cfg.data, cfg.storage, cfg.model.in_channels, manifest,
                              pad_multiple=loaded.state["inference"]["pad_multiple"])

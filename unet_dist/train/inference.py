@@ -45,10 +45,11 @@ class LoadedModel:
         from unet_dist.train.metrics import predict_labels
 
         pixels = decode_image(image) if not isinstance(image, np.ndarray) else image
+        from unet_dist.data.pipeline import pad_to, padded_shape
+
         x = self.preprocess(pixels)
         h, w = x.shape[-2:]
-        m = int(self.state["inference"].get("pad_multiple", 1))
-        x = torch.nn.functional.pad(x, (0, -w % m, 0, -h % m), value=0.0)
+        x = pad_to(x, *padded_shape(h, w, int(self.state["inference"].get("pad_multiple", 1))), 0.0)
         logits = self.model(x.unsqueeze(0)).float()
         return predict_labels(logits)[0, :h, :w]
 

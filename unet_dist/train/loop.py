@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from unet_dist.config import Config
+from unet_dist.errors import DataError
 from unet_dist.runs import RunDir, checkpoint_dir_name, checkpoint_epoch, is_complete, scalar_metrics
 from unet_dist.storage import Location, resolve
 from unet_dist.train.losses import remap_ignore
@@ -48,25 +49,28 @@ def epoch_seed(seed: int, epoch: int) -> int:
 @dataclass(frozen=True)
 class Fault:
     """Test-only hook: ``UNET_DIST_FAULT="rank=1,epoch=2,step=1"`` kills that worker once;
-    ``...,raise=TEXT`` raises ``RuntimeError(TEXT)`` there instead (every time: a deterministic bug)."""
+    ``...,raise=TEXT`` raises ``RuntimeError(TEXT)`` there instead (every time: a deterministic bug), and
+    ``...,raise=TEXT,kind=data`` a DataError (a user error, which is not retried)."""
 
     rank: int
     epoch: int
     step: int
     message: str | None = None
+    kind: str = "runtime"
 
     @classmethod
     def parse(cls, text: str | None) -> "Fault | None":
         if not text:
             return None
         kv = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
-        return cls(int(kv.get("rank", 0)), int(kv.get("epoch", 0)), int(kv.get("step", 0)), kv.get("raise"))
+        return cls(int(kv.get("rank", 0)), int(kv.get("epoch", 0)), int(kv.get("step", 0)), kv.get("raise"),
+                   kv.get("kind", "runtime"))
 
     def maybe_die(self, run: Location, rank: int, epoch: int, step: int) -> None:
         if (rank, epoch, step) != (self.rank, self.epoch, self.step):
             return
         if self.message is not None:
-            raise RuntimeError(self.message)
+            raise (DataError if self.kind == "data" else RuntimeError)(self.message)
         marker = run / f".fault-r{rank}-e{epoch}-s{step}"
         if marker.exists():
             return

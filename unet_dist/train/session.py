@@ -54,6 +54,11 @@ def quiet_ray_logs(verbose: bool = False) -> None:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        data_logger = logging.getLogger("ray.data")
+        data_logger.setLevel(logging.DEBUG)  # Ray Data's own file handler keeps everything
+        for handler in data_logger.handlers:
+            if type(handler).__name__ != "SessionFileHandler":
+                handler.setLevel(logging.ERROR)
 
 
 def resolve_address(cfg: Config) -> str | None:
@@ -61,11 +66,12 @@ def resolve_address(cfg: Config) -> str | None:
 
 
 @contextlib.contextmanager
-def ray_session(cfg: Config, *, quiet: bool = True, verbose: bool = False, **init_kwargs: Any) -> Iterator[bool]:
+def ray_session(cfg: Config, *, verbose: bool = False, **init_kwargs: Any) -> Iterator[bool]:
     """Attach to the configured cluster or start a local Ray for the block; yields True if this call started it.
 
-    ``quiet`` keeps workers' output out of the console for a local Ray (the live view shows progress;
-    worker errors still surface as exceptions, full logs stay in Ray's session log dir).
+    Workers' output stays in Ray's session log files unless ``verbose`` (the live view shows progress,
+    worker errors surface as one-line exceptions), so a terminal, ``--json`` and ``ray job logs`` show the
+    run's own output, not Ray's chatter.
     """
     import ray
 
@@ -76,8 +82,8 @@ def ray_session(cfg: Config, *, quiet: bool = True, verbose: bool = False, **ini
     address = resolve_address(cfg)
     apply_env_defaults(address)
     try:
-        ray.init(address=address, configure_logging=not verbose, logging_level=logging.WARNING if not verbose else logging.INFO,
-                 log_to_driver=verbose or not (quiet and not address), **init_kwargs)
+        ray.init(address=address, configure_logging=True, logging_level=logging.INFO if verbose else logging.WARNING,
+                 log_to_driver=verbose, **init_kwargs)
     except ConnectionError as err:
         raise UserError(f"cannot connect to the Ray cluster at {address!r} (resources.address / RAY_ADDRESS): {err}") from None
     quiet_ray_logs(verbose)

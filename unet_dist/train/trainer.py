@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -163,6 +164,25 @@ def inference_block(cfg: Config, spec: Any, class_names: list[str], manifest: di
     }
 
 
+class NotRetryable(Exception):
+    """A worker raised an error a retry cannot fix; raised in Ray Train's controller so the run ends at once."""
+
+
+def stop_on_user_errors() -> Any:
+    """A Ray Train callback that ends the run on the first worker error that is a user error (config, data,
+    checkpoint, storage settings): retrying would fail the same way, only later."""
+    import ray.train
+
+    class StopOnUserErrors(ray.train.UserCallback):
+        def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+            for rank, err in sorted(worker_exceptions.items()):
+                base = getattr(err, "_base_exc", err)
+                if isinstance(base, UserError):
+                    raise NotRetryable(f"rank {rank}: {type(base).__name__}: {base}")
+
+    return StopOnUserErrors()
+
+
 def build_trainer(cfg: Config, run: Location, *, callbacks: Sequence[Any] = (), datasets: PreparedData | None = None,
                   gpu: GpuDecision | None = None) -> Any:
     """The ``TorchTrainer`` for one run at ``run`` (needs a connected Ray); ``datasets`` shares prepared data."""
@@ -184,7 +204,8 @@ def build_trainer(cfg: Config, run: Location, *, callbacks: Sequence[Any] = (), 
         scaling_config=ScalingConfig(num_workers=cfg.resources.num_workers, use_gpu=gpu.use_gpu, resources_per_worker=resources,
                                      placement_strategy=cfg.resources.placement_strategy),
         run_config=RunConfig(
-            name=run.name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=list(callbacks),
+            name=run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+            callbacks=[stop_on_user_errors(), *callbacks],
             failure_config=FailureConfig(max_failures=cfg.train.max_failures,
                                          controller_failure_limit=cfg.train.controller_failure_limit),
             logging_config=LoggingConfig(log_level="WARNING"),
@@ -213,10 +234,10 @@ def fit(cfg: Config, *, console: Any = None, progress: bool = True, verbose: boo
     run = RunDir(resolve(cfg.storage.uri, cfg.storage) / name)
     # Ray Train propagates this from the driver to its controller at fit() time, on any cluster.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(cfg.train.worker_start_timeout_s)
-    with ray_session(cfg, quiet=progress, verbose=verbose):
+    with ray_session(cfg, verbose=verbose):
         data = prepare_data(cfg, manifest)
         gpu = decide_gpu(cfg)
-        console.print(f"[dim]{gpu.reason}[/]", highlight=False)
+        console.print(f"[dim]{gpu.reason}[/]", highlight=False, soft_wrap=True)
         trainer = build_trainer(cfg, run.loc, datasets=data, gpu=gpu)
         _start_record(run, cfg, name, manifest, gpu)
         _run(trainer, run, cfg, name, console if progress else None)
@@ -240,18 +261,18 @@ def _run(trainer: Any, run: RunDir, cfg: Config, name: str, console: Any) -> Non
     view = LiveView(run, cfg, console) if console is not None else None
     try:
         with view or contextlib.nullcontext():
-            result = trainer.fit()
+            result = fit_off_main_thread(trainer)
     except KeyboardInterrupt:
         finish_record(run, "stopped", "interrupted by the user (Ctrl-C)")
-        raise RunInterrupted(f"interrupted: run {run.uri} stopped; its checkpoints are kept. Resume it with: "
+        raise RunInterrupted(f"run {run.uri} interrupted (Ctrl-C); its checkpoints are kept. Resume it with: "
                              f"unet-dist train --data {cfg.data.dataset} --storage {cfg.storage.uri} --name {name} "
                              "(plus the same --config/--set options)") from None
     except ray.train.TrainingFailedError as err:
         cause = failure_cause(err)
         finish_record(run, "failed", cause)
         raise TrainingFailed(f"training run {run.uri} failed: {cause} (after up to {cfg.train.max_failures} worker-group "
-                             f"restarts, train.max_failures); fix the cause and re-run with --name {name} to resume "
-                             "from its newest checkpoint") from err
+                             f"restarts, train.max_failures); fix the cause and re-run with --name {name} "
+                             f"(--set train.name={name}) to resume from its newest checkpoint") from err
     if result.error is not None:
         cause = failure_cause(result.error)
         finish_record(run, "failed", cause)
@@ -259,23 +280,41 @@ def _run(trainer: Any, run: RunDir, cfg: Config, name: str, console: Any) -> Non
     finish_record(run, "finished")
 
 
+def fit_off_main_thread(trainer: Any) -> Any:
+    """``trainer.fit()`` in a thread, so Ctrl-C raises KeyboardInterrupt here: on the main thread Ray Train
+    installs its own SIGINT handler, which aborts the run and exits the process without a word."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # handed to the main thread as it was raised
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="unet-dist-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def failure_cause(err: BaseException) -> str:
     """One line naming the worker's (or controller's) exception, from Ray Train's failure error."""
-    causes: list[BaseException] = []
-    for attr in ("worker_failures", "errors"):
-        found = getattr(err, attr, None)
-        if isinstance(found, dict):
-            causes += [e for e in found.values() if isinstance(e, BaseException)]
-    seen: BaseException | None = err
-    while not causes and seen is not None:
-        seen = seen.__cause__ or seen.__context__
-        if seen is not None and not type(seen).__name__.startswith(("TrainingFailed", "WorkerGroup", "RayTaskError")):
-            causes.append(seen)
-    if not causes:
-        return _last_exception_line(str(err)) or type(err).__name__
-    first = causes[0]
-    text = _last_exception_line(str(first)) or type(first).__name__
-    return text if text.startswith(type(first).__name__) else f"{type(first).__name__}: {text}"
+    controller = getattr(err, "controller_failure", None)
+    if isinstance(controller, NotRetryable):
+        return str(controller)
+    failures = getattr(err, "worker_failures", None) or {}
+    if failures:
+        rank, first = min(failures.items())
+        return f"rank {rank}: {_describe(getattr(first, '_base_exc', first))}"
+    return _describe(controller if isinstance(controller, BaseException) else err)
+
+
+def _describe(err: BaseException) -> str:
+    line = _last_exception_line(str(err))
+    return line if line.startswith(type(err).__name__) else f"{type(err).__name__}: {line}"
 
 
 def _last_exception_line(text: str) -> str:
@@ -308,8 +347,6 @@ class LiveView:
     """A driver thread polling ``progress.json`` / ``metrics.jsonl`` into a rich live panel (a context manager)."""
 
     def __init__(self, run: RunDir, cfg: Config, console: Any, interval: float = 1.0) -> None:
-        import threading
-
         self.run, self.cfg, self.interval, self.console = run, cfg, interval, console
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="unet-dist-progress", daemon=True)
