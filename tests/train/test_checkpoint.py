@@ -113,3 +113,20 @@ def test_truncated_checkpoint_is_one_line_error(tmp_path) -> None:
     (d / STATE_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
         ckpt.load_checkpoint(str(d))
+
+
+def test_resume_from_is_checked_before_ray(tmp_path) -> None:
+    """A --resume-from checkpoint that does not fit the configured model is a one-line config error up front."""
+    from unet_dist.config import load_config
+    from unet_dist.errors import ConfigError
+    from unet_dist.models import create_unet
+    from unet_dist.train.trainer import check_resume_from
+
+    small = load_config(None, ["model.base_filters=8", "model.depth=3"])
+    ckpt.save_checkpoint(tmp_path / "epoch_0000", {"model": create_unet(small.model).state_dict(), "epoch": 0})
+    check_resume_from(small.model_copy(update={"train": small.train.model_copy(update={"resume_from": str(tmp_path / "epoch_0000")})}))
+    bigger = load_config(None, ["model.base_filters=16", "model.depth=3", f"train.resume_from={tmp_path / 'epoch_0000'}"])
+    with pytest.raises(ConfigError, match="train.resume_from: .* does not fit the configured model"):
+        check_resume_from(bigger)
+    with pytest.raises(ConfigError, match="train.resume_from: no checkpoint"):
+        check_resume_from(load_config(None, [f"train.resume_from={tmp_path / 'missing'}"]))

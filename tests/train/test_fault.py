@@ -48,6 +48,7 @@ def test_worker_crash_resumes_without_retraining(small_config, ray_local, synthe
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~80 s; the weights-only path is also preflighted in the default suite (check_resume_from)
 def test_resume_from_checkpoint_uri_starts_from_its_weights(small_config, ray_local, synthetic_dataset, tmp_path) -> None:
     common = ("data.crop_size=64", "resources.num_workers=1", "train.warmup_epochs=0")
     first = fit(small_config(synthetic_dataset, str(tmp_path), *common, "train.epochs=3", "train.name=first"), progress=False)

@@ -12,7 +12,7 @@ import pytest
 from unet_dist.storage import resolve
 from unet_dist.train import checkpoint as ckpt
 from unet_dist.train import fit
-from unet_dist.runs import EVENTS_FILE, METRICS_FILE, PROGRESS_FILE
+from unet_dist.runs import EVENTS_FILE, METRICS_FILE, PROGRESS_FILE, RunDir
 
 ISBI_MIN_VAL_IOU = 0.85  # foreground (cell interior) IoU; predicting all-foreground scores ~0.78 on these images
 
@@ -45,6 +45,16 @@ def test_two_workers_isbi_on_s3_reaches_iou_and_reloads(small_config, ray_local,
     assert progress["phase"] == "epoch_end" and progress["epoch"] == 11
     assert progress["loss"] == rows[-1]["train_loss"] and progress["val_iou"] == rows[-1]["val_iou"]
     assert json.loads(summary.to_json())["best_checkpoint"] == summary.best_checkpoint
+
+    record = RunDir(run).read_record()  # the run record, on S3, read back through the run module
+    assert record["status"] == "finished" and record["error"] is None and record["ended_at"]
+    assert record["epochs"] == 12 and record["epochs_planned"] == 12 and record["code_version"]
+    assert record["dataset"]["uri"] == dataset and len(record["dataset"]["fingerprint"]) == 64
+    assert record["monitor"] == {"metric": "val_mean_iou", "mode": "max"}
+    assert record["best_checkpoint"] == summary.best_checkpoint and record["best_epoch"] == summary.best_epoch
+    assert record["best"]["value"] == summary.best_metric == rows[summary.best_epoch]["val_mean_iou"]
+    assert record["final_metrics"]["epoch"] == 11 and "resources.use_gpu=false" in record["gpu_reason"]
+    assert "unetdist-test-secret" not in (run / "run.json").read_text()
 
     state = ckpt.load_checkpoint(summary.best_checkpoint)
     assert state["epoch"] == summary.best_epoch and state["fingerprint"]

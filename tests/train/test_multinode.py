@@ -84,6 +84,7 @@ def test_lost_node_ends_in_clear_error_not_endless_retries(small_config, three_n
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~70 s; SPREAD placement and a lost node stay in the default suite
 def test_elastic_run_continues_on_fewer_workers(small_config, three_node_cluster, synthetic_dataset, tmp_path):
     from unet_dist.train import fit
 

@@ -1,4 +1,4 @@
-"""run.json for finished, failed and interrupted runs, read back through the run module; Ctrl-C and resume;
+"""run.json for failed and interrupted runs (a finished one: tests/train/test_fit.py), read back through the run module; Ctrl-C and resume;
 errors found before Ray starts are never retried on workers."""
 
 from __future__ import annotations
@@ -23,19 +23,6 @@ from unet_dist.train.loop import FAULT_ENV
 RAY_NOISE = ("Reporting training result", "Execution plan", "Starting execution of Dataset", "SplitCoordinator",
              "core_worker", "RayDeprecationWarning", "PreemptionWatcher", "(RayTrainWorker", "(TrainController")
 COMMON = ("data.crop_size=64", "resources.num_workers=1", "train.warmup_epochs=0")
-
-
-@pytest.mark.ray
-def test_finished_run_record(small_config, ray_local, synthetic_dataset, tmp_path) -> None:
-    summary = fit(small_config(synthetic_dataset, str(tmp_path), *COMMON, "train.epochs=2", "train.name=done"), progress=False)
-    record = RunDir(resolve(summary.run_dir)).read_record()
-    assert record["status"] == "finished" and record["error"] is None and record["ended_at"]
-    assert record["epochs"] == 2 and record["epochs_planned"] == 2 and record["code_version"]
-    assert record["dataset"]["uri"] == resolve(synthetic_dataset).uri and len(record["dataset"]["fingerprint"]) == 64
-    assert record["monitor"] == {"metric": "val_mean_iou", "mode": "max"}
-    assert record["best_checkpoint"] == summary.best_checkpoint and record["best_epoch"] == summary.best_epoch
-    assert record["best"]["value"] == summary.best_metric and record["final_metrics"]["epoch"] == 1
-    assert record["use_gpu"] is False and "resources.use_gpu=false" in record["gpu_reason"]
 
 
 @pytest.mark.ray
@@ -81,7 +68,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, o
     env = {**os.environ, mark.split("=")[0]: mark.split("=")[1], "RAY_TMPDIR": own_ray_tmpdir, "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "unet_dist", "train", "--data", synthetic_dataset, "--storage", str(tmp_path / "runs"),
-           "--name", "r", "--epochs", "6", "--json", "--workers", "1",
+           "--name", "r", "--epochs", "3", "--json", "--workers", "1",
            *[a for kv in (*COMMON, "model.base_filters=8", "model.depth=3", "resources.cpus_per_worker=0.5",
                           "resources.torch_threads=1", "resources.use_gpu=false") for a in ("--set", kv)]]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -99,7 +86,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, o
         time.sleep(0.5)
     assert not _ray_pids(mark), "Ray processes outlived the interrupted command"
     record = run.read_record()
-    assert record["status"] == "stopped" and 1 <= record["epochs"] < 6
+    assert record["status"] == "stopped" and 1 <= record["epochs"] < 3
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -108,8 +95,8 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, o
     assert not noise, noise  # --json: Ray's chatter stays in Ray's log files
     assert done.stdout.strip().count("\n") == 0  # one JSON line on stdout
     record = run.read_record()
-    assert record["status"] == "finished" and record["epochs"] == 6 and record["resumed_at"]
-    assert [r["epoch"] for r in run.metrics()] == list(range(6))
+    assert record["status"] == "finished" and record["epochs"] == 3 and record["resumed_at"]
+    assert [r["epoch"] for r in run.metrics()] == list(range(3))
 
 
 class _Payload:

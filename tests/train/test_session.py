@@ -84,7 +84,7 @@ def fake_autoscaling_head(tmp_path, ray_tmpdir):
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.time() + 20
+        deadline = time.time() + 5
         while _marked_pids(mark) and time.time() < deadline:
             time.sleep(0.3)
         for pid in _marked_pids(mark):
