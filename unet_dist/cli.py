@@ -145,7 +145,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         value = data.get(key)
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         label = f"best {data['monitor']}" if key == "best_metric" else key
-        console.print(f"  [bold]{label:<16}[/] {shown}", highlight=False, soft_wrap=True)
+        console.print(f"  [bold]{label:<18}[/] {shown}", highlight=False, soft_wrap=True)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -77,7 +77,7 @@ def test_live_view_shows_progress_and_metrics(tmp_path) -> None:
     console = Console(record=True, width=120)
     console.print(LiveView(files, cfg, console=console).render())
     text = console.export_text()
-    assert "val_mean_iou" in text and "best val_mean_iou" in text, text
+    assert "val mIoU" in text and "best val mIoU" in text, text
     row = [line for line in text.splitlines() if "2/4" in line]
     assert row, text
     cells = [c.strip() for c in row[0].strip("│ ").split("│")]

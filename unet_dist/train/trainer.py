@@ -343,6 +343,11 @@ def summarize(run: RunDir, cfg: Config, use_gpu: bool, duration: float) -> Train
     )
 
 
+def metric_label(metric: str) -> str:
+    """A metric's name as a narrow column header: ``val_mean_iou`` -> ``val mIoU``."""
+    return metric.replace("mean_iou", "mIoU").replace("_iou", "_IoU").replace("_", " ")
+
+
 class LiveView:
     """A driver thread polling ``progress.json`` / ``metrics.jsonl`` into a rich live panel (a context manager)."""
 
@@ -373,7 +378,8 @@ class LiveView:
         tcfg = self.cfg.train
         epochs, monitor = tcfg.epochs, tcfg.monitor
         t = Table(title=f"unet-dist train · {self.run.uri}", show_header=True, expand=False)
-        for col in ("epoch", "step", "loss", "val IoU", monitor, f"best {monitor}", "img/s", "elapsed", "ETA"):
+        shown = metric_label(monitor)
+        for col in ("epoch", "step", "loss", "val IoU", shown, f"best {shown}", "img/s", "elapsed", "ETA"):
             t.add_column(col, justify="right")
         done = len(rows)
         per_epoch = sum(r["epoch_time_s"] for r in rows) / done if done else None
