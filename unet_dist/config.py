@@ -120,6 +120,7 @@ class TrainConfig(_Section):
 
     name: str | None = Field(None, description="Run name (a new timestamped one by default; reusing a name resumes it).")
     epochs: int = Field(20, ge=1)
+    time_budget_s: float | None = Field(None, gt=0, description="Stop after this many seconds of training (validation excluded), or at train.epochs, whichever comes first; the LR schedule (warm-up and decay) then follows the fraction of the budget used, so a budgeted run anneals fully.")
     loss: Loss = "dice_ce"
     class_weights: list[float] | None = None
     ignore_index: int | None = None

@@ -172,7 +172,7 @@ def new_record(cfg: Config, name: str, uri: str, dataset: dict[str, Any], code_v
         "schema": RECORD_SCHEMA, "kind": "train", "name": name, "uri": uri, "status": "running", "error": None,
         "config": cfg.to_dict(), "dataset": dataset, "code_version": code_version,
         "started_at": now_iso(), "ended_at": None, "updated_at": now_iso(),
-        "epochs": 0, "epochs_planned": cfg.train.epochs,
+        "epochs": 0, "epochs_planned": cfg.train.epochs, "time_budget_s": cfg.train.time_budget_s, "train_time_s": 0.0,
         "monitor": {"metric": cfg.train.monitor, "mode": cfg.train.monitor_mode},
         "best": None, "best_val_iou": None, "best_epoch": None, "best_checkpoint": None, "final_metrics": {},
     }
@@ -188,6 +188,7 @@ def progress_fields(rows: list[dict[str, Any]], best: Best | None) -> dict[str, 
         "best_epoch": None if best is None else best.epoch,
         "best_checkpoint": None if best is None else best.checkpoint,
         "final_metrics": scalar_metrics(rows[-1]) if rows else {},
+        "train_time_s": rows[-1].get("train_time_s", 0.0) if rows else 0.0,
     }
 
 

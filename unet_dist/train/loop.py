@@ -26,7 +26,7 @@ from unet_dist.runs import RunDir, checkpoint_dir_name, checkpoint_epoch, is_com
 from unet_dist.storage import Location, resolve
 from unet_dist.train.losses import remap_ignore
 from unet_dist.train.metrics import EpochMeter, predict_labels
-from unet_dist.train.optim import seek_epoch, steps_per_epoch
+from unet_dist.train.optim import seek_epoch, seek_fraction, steps_per_epoch
 from unet_dist.train.recorder import NullRecorder, Recorder
 from unet_dist.train.session import quiet_ray_logs
 from unet_dist.train.state import TrainState
@@ -78,18 +78,25 @@ class Fault:
         os._exit(1)
 
 
-def _synced_batches(it: Iterator[dict[str, Any]], distributed: bool) -> Iterator[dict[str, Any]]:
-    """Yield batches while every rank still has one, so DDP ranks always take the same number of steps."""
-    while True:
-        batch = next(it, None)
-        if distributed:
-            flag = torch.tensor([0 if batch is None else 1], dtype=torch.int64)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-            if int(flag) == 0:
+class SyncedBatches:
+    """Batches while every rank still has one and no rank is out of time, so DDP ranks always take the same
+    number of steps; ``out_of_time`` tells afterwards whether the time budget ended the pass."""
+
+    def __init__(self, it: Iterator[dict[str, Any]], distributed: bool, late: Any = lambda: False) -> None:
+        self.it, self.distributed, self.late = it, distributed, late
+        self.out_of_time = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            late = bool(self.late())
+            batch = None if late else next(self.it, None)
+            flags = torch.tensor([0 if batch is None else 1, 0 if late else 1], dtype=torch.int64)
+            if self.distributed:
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+            if int(flags.min()) == 0:
+                self.out_of_time = int(flags[1]) == 0
                 return
-        elif batch is None:
-            return
-        yield batch
+            yield batch
 
 
 def overlay(image: torch.Tensor, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -191,69 +198,88 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       world_size=w.world, nodes=nodes)
     shards = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     for epoch in range(state.start_epoch, cfg.train.epochs):
-        run_epoch(w, cfg, state, shards, config["spec"], recorder, epoch, spe)
+        if state.budget_spent(cfg) or run_epoch(w, cfg, state, shards, config["spec"], recorder, epoch, spe):
+            break
     recorder.close()
 
 
 def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any], spec: Any, recorder: NullRecorder,
-              epoch: int, spe: int) -> None:
-    """Train, validate, record and report one epoch."""
+              epoch: int, spe: int) -> bool:
+    """Train, validate, record and report one epoch; True when the time budget ended it."""
     import ray.train
     from ray.train import Checkpoint
 
     from unet_dist.data.pipeline import iter_val_batches
 
     seed_everything(epoch_seed(cfg.train.seed, epoch) + 7919 * w.rank)
-    seek_epoch(state.scheduler, epoch, spe, cfg.train)
+    if cfg.train.time_budget_s is None:
+        seek_epoch(state.scheduler, epoch, spe, cfg.train)
     t0 = time.perf_counter()
-    train_m = train_epoch(w, cfg, state, shards[0], spec, recorder, epoch, spe, t0)
+    train_m, out_of_time = train_epoch(w, cfg, state, shards[0], spec, recorder, epoch, spe, t0)
     train_time = time.perf_counter() - t0
+    state.train_time_s += train_time
     if w.distributed:
         sync_buffers(state.core)
     val_m, shown = validate(state.core, iter_val_batches(shards[1], cfg.data.val_batch_size, spec, w.rank, w.world),
                             state.loss_fn, cfg, w.device, w.class_names, autocast=state.autocast,
                             n_images=cfg.train.log_images if w.rank == 0 else 0)
-    row = epoch_row(epoch, state.lr, train_m, val_m, train_time, time.perf_counter() - t0, w.world)
+    row = {**epoch_row(epoch, state.lr, train_m, val_m, train_time, time.perf_counter() - t0, w.world),
+           "train_time_s": state.train_time_s}
     local = recorder.on_epoch_end(row, shown, state.snapshot(epoch)) if w.rank == 0 else None
     checkpoint = Checkpoint.from_directory(local) if local else None
     ray.train.report(scalar_metrics(row), checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch))
     if local:
         shutil.rmtree(local, ignore_errors=True)
         recorder.after_report()
+    return out_of_time
 
 
 def train_epoch(w: Worker, cfg: Config, state: TrainState, shard: Any, spec: Any, recorder: NullRecorder,
-                epoch: int, spe: int, t0: float) -> dict[str, Any]:
-    """One pass over this worker's training shard, every rank taking the same number of steps; its metrics."""
+                epoch: int, spe: int, t0: float) -> tuple[dict[str, Any], bool]:
+    """One pass over this worker's training shard, every rank taking the same number of steps; its metrics, and
+    whether ``train.time_budget_s`` ended it (checked before every step, so it ends within one step of the budget)."""
     from unet_dist.data.pipeline import iter_train_batches
 
     tcfg = cfg.train
+    budget = tcfg.time_budget_s
     state.model.train()
     meter = EpochMeter(cfg.model.num_classes, w.class_names)
     state.optimizer.zero_grad(set_to_none=True)
-    step_unit = tcfg.scheduler_interval == "step"
     micro = 0
-    batches = iter_train_batches(shard, cfg.data.batch_size, epoch_seed(tcfg.seed, epoch), spec)
-    for step, batch in enumerate(_synced_batches(iter(batches), w.distributed)):
+
+    def used() -> float:
+        return state.train_time_s + time.perf_counter() - t0
+
+    def advance() -> None:
+        if budget is not None:
+            seek_fraction(state.scheduler, used() / budget, tcfg)
+        elif tcfg.scheduler_interval == "step":
+            state.scheduler.step()
+
+    batches = SyncedBatches(iter(iter_train_batches(shard, cfg.data.batch_size, epoch_seed(tcfg.seed, epoch), spec)),
+                            w.distributed, (lambda: used() >= budget) if budget is not None else (lambda: False))
+    if budget is not None:
+        seek_fraction(state.scheduler, used() / budget, tcfg)
+    for step, batch in enumerate(batches):
         if w.fault is not None:
             w.fault.maybe_die(w.run.loc, w.rank, epoch, step)
         micro += 1
         logits, y, loss = _forward_backward(w, state, batch, tcfg, sync=micro % tcfg.accumulate == 0)
         if micro % tcfg.accumulate == 0:
             state.step(tcfg.grad_clip)
-            if step_unit:
-                state.scheduler.step()
+            advance()
         meter.update(logits, y, loss.item())
         if step % tcfg.progress_every == 0:
             recorder.on_step(epoch=epoch, step=step, loss=loss.item(), steps_per_epoch=spe, lr=state.lr,
                              images_per_s=float(meter.sums[1]) * w.world / max(1e-9, time.perf_counter() - t0))
     if micro % tcfg.accumulate:
         state.step(tcfg.grad_clip)
-        if step_unit:
-            state.scheduler.step()
-    if not step_unit:
+        advance()
+    if budget is not None:
+        seek_fraction(state.scheduler, 1.0 if batches.out_of_time else used() / budget, tcfg)
+    elif tcfg.scheduler_interval == "epoch":
         state.scheduler.step()
-    return meter.compute()
+    return meter.compute(), batches.out_of_time
 
 
 def _forward_backward(w: Worker, state: TrainState, batch: dict[str, Any], tcfg: Any, sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

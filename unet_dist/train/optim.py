@@ -109,7 +109,26 @@ def seek_epoch(scheduler: LambdaLR, epoch: int, steps_per_epoch: int, cfg: Train
     """Place ``scheduler`` (and its optimiser's LRs) at the first step of ``epoch``."""
     step = epoch * (max(1, steps_per_epoch) if cfg.scheduler_interval == "step" else 1)
     scheduler.last_epoch = step
-    lrs = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    _set_lrs(scheduler, [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)])
+
+
+def budget_factor(fraction: float, cfg: TrainConfig) -> float:
+    """LR multiplier at ``fraction`` (0..1) of a time budget: linear warm-up over its first
+    ``warmup_epochs / epochs``, then the registered decay over the rest (0 at the end for cosine/poly)."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    warm = cfg.warmup_epochs / cfg.epochs
+    if fraction < warm:
+        return max(fraction / warm, 0.01)
+    return SCHEDULERS.get(cfg.scheduler)((fraction - warm) / max(1e-9, 1 - warm), cfg)
+
+
+def seek_fraction(scheduler: LambdaLR, fraction: float, cfg: TrainConfig) -> None:
+    """Set the optimiser's LRs to the time-budget schedule at ``fraction`` of the budget."""
+    factor = budget_factor(fraction, cfg)
+    _set_lrs(scheduler, [base * factor for base in scheduler.base_lrs])
+
+
+def _set_lrs(scheduler: LambdaLR, lrs: list[float]) -> None:
     for group, lr in zip(scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr
     scheduler._last_lr = lrs

@@ -41,6 +41,8 @@ class TrainState:
     start_epoch: int = 0
     resumed_from: str | None = None
     full_state: bool = False
+    train_time_s: float = 0.0
+    """Seconds spent training (validation excluded) over the whole run, resumes included: the time budget's clock."""
 
     @classmethod
     def build(cls, cfg: Config, device: torch.device, steps_per_epoch: int, resume: tuple[str | None, bool]) -> "TrainState":
@@ -78,6 +80,7 @@ class TrainState:
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         self.start_epoch = int(saved["epoch"]) + 1
+        self.train_time_s = float(saved.get("train_time_s", 0.0))
 
     def snapshot(self, epoch: int) -> dict[str, Any]:
         """The resumable part of a checkpoint (CPU tensors and plain values)."""
@@ -87,7 +90,12 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "epoch": epoch,
+            "train_time_s": self.train_time_s,
         }
+
+    def budget_spent(self, cfg: Config) -> bool:
+        budget = cfg.train.time_budget_s
+        return budget is not None and self.train_time_s >= budget
 
     def step(self, clip: float | None) -> None:
         """One optimiser step (unscale and clip first when asked), then clear the gradients."""
