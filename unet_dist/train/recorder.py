@@ -33,6 +33,8 @@ class NullRecorder:
     def on_epoch_end(self, row: dict[str, Any], shown: list[torch.Tensor], state: dict[str, Any]) -> str | None:
         return None
 
+    def after_report(self) -> None: ...
+
     def close(self) -> None: ...
 
 

@@ -24,7 +24,7 @@ RAY_ENV_DEFAULTS = {
 }
 """Environment every process we start Ray from gets (unless the user set them)."""
 
-QUIET_LOGGERS = ("ray", "ray.train", "ray.data", "ray.tune")
+QUIET_LOGGERS = ("ray", "ray.train", "ray.tune")  # ray.data: its console handler, below
 
 
 def apply_env_defaults(address: str | None = None) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError, DataError, UserError
-from unet_dist.runs import RunDir, finish_record, new_record
+from unet_dist.runs import METRICS_FILE, TENSORBOARD_DIR, RunDir, finish_record, new_record
 from unet_dist.storage import Location, check_writable, ray_storage, resolve, with_env_settings
 from unet_dist.train.loop import FAULT_ENV, train_loop_per_worker
 from unet_dist.train.session import GpuDecision, decide_gpu, ray_session
@@ -337,8 +337,8 @@ def summarize(run: RunDir, cfg: Config, use_gpu: bool, duration: float) -> Train
         best_metric=best.get("value"), best_val_iou=record.get("best_val_iou"), best_epoch=record.get("best_epoch"),
         best_checkpoint=record.get("best_checkpoint"),
         last_checkpoint=checkpoints[max(checkpoints)].uri if checkpoints else None,
-        final_metrics=record.get("final_metrics", {}), metrics_file=(run.loc / "metrics.jsonl").uri,
-        tensorboard_dir=(run.loc / "tensorboard").uri, num_workers=cfg.resources.num_workers, use_gpu=use_gpu,
+        final_metrics=record.get("final_metrics", {}), metrics_file=(run.loc / METRICS_FILE).uri,
+        tensorboard_dir=(run.loc / TENSORBOARD_DIR).uri, num_workers=cfg.resources.num_workers, use_gpu=use_gpu,
         duration_s=round(duration, 2),
     )
 
