@@ -39,7 +39,7 @@ class ModelConfig(_Section):
     in_channels: int = Field(1, ge=1, le=4, description="Input channels (1 grayscale, 3 RGB).")
     num_classes: int = Field(2, ge=1, le=1024, description="Output channels; 1 means a single-logit binary head.")
     depth: int = Field(4, ge=1, le=6, description="Number of down-sampling levels (scratch 3-6, vgg <=5, resnet <=5).")
-    base_filters: int = Field(32, ge=4, le=512, description="Filters at the first scratch level; doubles per level.")
+    base_filters: int = Field(16, ge=4, le=512, description="Filters at the first scratch level; doubles per level (16: the best quality per second in bench/quality.py).")
     convs_per_level: int = Field(2, ge=1, le=4, description="Convolutions per scratch encoder and decoder level.")
     pooling: Pooling = Field("max", description="Scratch down-sampling: max, avg or conv (strided).")
     unpooling: Unpooling = Field("transpose", description="Decoder up-sampling method.")
@@ -102,8 +102,15 @@ class DataConfig(_Section):
     vflip: bool = True
     rot90: bool = True
     intensity_jitter: float = Field(0.1, ge=0.0, le=1.0, description="Max brightness/contrast change.")
-    num_crops_per_image: int = Field(1, ge=1, description="Random crops drawn per image per epoch.")
+    num_crops_per_image: int | Literal["auto"] = Field("auto", description="Random crops drawn per image per epoch; auto: the mean train image area over the crop area (at least 1), so an epoch covers about every pixel once.")
     shuffle_buffer: int = Field(64, ge=1, description="Rows in each worker's local shuffle buffer (seeded per epoch).")
+    @field_validator("num_crops_per_image")
+    @classmethod
+    def _crops(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"data.num_crops_per_image must be >= 1 or auto, got {v}")
+        return v
+
     materialize: bool = Field(True, description="Read the dataset into the object store before training; needed when workers hold every CPU (else read tasks starve).")
 
 
@@ -125,7 +132,7 @@ class TrainConfig(_Section):
     class_weights: list[float] | None = None
     ignore_index: int | None = None
     optimizer: Optimizer = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (after warm-up; the schedule decays from it).")
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Scheduler = "cosine"
@@ -138,7 +145,7 @@ class TrainConfig(_Section):
     accumulate: int = Field(1, ge=1, description="Gradient accumulation steps.")
     seed: int = 0
     amp: bool = Field(True, description="Mixed precision on GPU (bf16 where supported, else fp16 + scaler).")
-    channels_last: bool = Field(True, description="channels_last memory format on GPU.")
+    channels_last: bool = Field(True, description="channels_last memory format for the model and its inputs (GPU and CPU; 1.2x faster on CPU, BENCHMARKS.md).")
     monitor: str = Field("val_mean_iou", description="Reported metric that picks the best checkpoint (any numeric metrics.jsonl field, e.g. val_iou, val_loss); the default, mean IoU over classes, is one a degenerate one-class model cannot win.")
     monitor_mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower train.monitor is better.")
     num_to_keep: int = Field(2, ge=1, description="Checkpoints kept (the best by train.monitor, plus the latest).")

@@ -39,8 +39,8 @@ def test_fault_spec_parses_and_matches_only_its_step() -> None:
 
 @pytest.mark.parametrize("rows,world,crops,batch,expected", [(8, 2, 1, 2, 2), (9, 2, 4, 4, 5), (1, 4, 1, 8, 1)])
 def test_steps_per_epoch(rows: int, world: int, crops: int, batch: int, expected: int) -> None:
-    cfg = load_config(None, [f"data.num_crops_per_image={crops}", f"data.batch_size={batch}"])
-    assert steps_per_epoch(rows, cfg, world) == expected
+    cfg = load_config(None, [f"data.batch_size={batch}"])
+    assert steps_per_epoch(rows * crops, cfg, world) == expected
 
 
 def test_summary_json_round_trip() -> None:

@@ -89,6 +89,16 @@ def _scale_fields(stats: dict[str, Any]) -> dict[str, Any]:
     return {"scale": ranges, "intensity": str(scale.get("intensity", "dtype"))}
 
 
+def crops_per_image(cfg: DataConfig, manifest: dict[str, Any]) -> int:
+    """``data.num_crops_per_image``, with ``auto`` resolved from the manifest: the mean train image area over the
+    crop area, rounded, at least 1 (4 for 512² images and 256² crops)."""
+    if cfg.num_crops_per_image != "auto":
+        return int(cfg.num_crops_per_image)
+    train = manifest.get("splits", {}).get("train", {})
+    mean_area = train.get("pixels", 0) / max(1, train.get("count", 0))
+    return max(1, round(mean_area / cfg.crop_size**2))
+
+
 def pipeline_spec(cfg: DataConfig, storage: StorageConfig | None, in_channels: int, manifest: dict[str, Any],
                   pad_multiple: int = 1) -> PipelineSpec:
     """The worker-side spec for the dataset whose ``manifest`` the caller read; ``pad_multiple`` rounds validation
@@ -97,7 +107,7 @@ def pipeline_spec(cfg: DataConfig, storage: StorageConfig | None, in_channels: i
     return PipelineSpec(
         in_channels=in_channels, num_classes=int(manifest["num_classes"]), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
         **_scale_fields(stats), crop_size=cfg.crop_size, hflip=cfg.hflip, vflip=cfg.vflip, rot90=cfg.rot90, intensity_jitter=cfg.intensity_jitter,
-        num_crops_per_image=cfg.num_crops_per_image, shuffle_buffer=cfg.shuffle_buffer, pad_multiple=pad_multiple,
+        num_crops_per_image=crops_per_image(cfg, manifest), shuffle_buffer=cfg.shuffle_buffer, pad_multiple=pad_multiple,
     )
 
 

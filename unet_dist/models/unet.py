@@ -54,6 +54,8 @@ class UNet(nn.Module):
             in_ch = widths[k]
         self.decoder = nn.ModuleList(levels)
         self.head = nn.Conv2d(in_ch, cfg.num_classes, 1)
+        self._probe = next(f"decoder.{n}" for n, m in self.decoder.named_modules()
+                           if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1)
         if cfg.freeze_backbone:
             self.encoder.requires_grad_(False)
         if cfg.freeze_bn:
@@ -72,7 +74,16 @@ class UNet(nn.Module):
                 m.eval()
         return self
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """channels_last once the model was moved to it (``model.to(memory_format=torch.channels_last)``)."""
+        weight = self.get_submodule(self._probe).weight
+        return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits; the input takes the model's memory format, so every caller (training, validation, evaluate,
+        predict) runs the same kernels and gets the same numbers."""
+        x = x.contiguous(memory_format=self.memory_format)
         h, w = x.shape[-2:]
         m = 2 ** self.cfg.depth
         pad_h, pad_w = -h % m, -w % m

@@ -80,4 +80,6 @@ def load_model(checkpoint: str, storage: StorageConfig | None = None) -> LoadedM
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise UserError(f"{checkpoint}: weights do not fit the model in its config ({str(err).splitlines()[0]})") from None
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return LoadedModel(model.eval(), cfg, state, info["image_stats"], list(info.get("class_names") or []))

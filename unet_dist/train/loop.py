@@ -189,7 +189,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                RunDir(resolve(config["run_uri"], cfg.storage)), Fault.parse(config.get("fault")), extra.get("class_names"))
     quiet_ray_logs()
     seed_everything(cfg.train.seed)
-    spe = steps_per_epoch(config["train_rows"], cfg, w.world)
+    spe = steps_per_epoch(config["train_rows"] * config["spec"].num_crops_per_image, cfg, w.world)
     resume = _agree(resume_source(w.run, cfg) if w.rank == 0 else None, w.distributed)
     state = TrainState.build(cfg, w.device, spe, resume)
     nodes = _worker_nodes(w.distributed)

@@ -99,9 +99,10 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_p
     return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, steps_per_epoch))
 
 
-def steps_per_epoch(train_rows: int, cfg: Config, world: int) -> int:
-    """Optimiser steps per epoch on ``world`` workers: crops split evenly over workers, batched, accumulated."""
-    per_worker = math.ceil(train_rows * cfg.data.num_crops_per_image / max(1, world))
+def steps_per_epoch(train_crops: int, cfg: Config, world: int) -> int:
+    """Optimiser steps per epoch on ``world`` workers: ``train_crops`` (rows x crops per image) split evenly over
+    workers, batched, accumulated."""
+    per_worker = math.ceil(train_crops / max(1, world))
     return max(1, math.ceil(per_worker / cfg.data.batch_size) // cfg.train.accumulate)
 
 

@@ -57,7 +57,7 @@ class TrainState:
         saved = ckpt.load_checkpoint(resumed_from, cfg.storage) if resumed_from else None
         if saved is not None:
             model.load_state_dict(saved["model"])
-        channels_last = tcfg.channels_last and device.type == "cuda"
+        channels_last = tcfg.channels_last
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         model = ray.train.torch.prepare_model(model)
