@@ -26,8 +26,12 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,bench]"
 	$(PY) bench/pipeline.py
 	$(PY) bench/train_overhead.py --steps 20 --repeats 5
+	$(PY) bench/cpu_levers.py
+	$(PY) bench/quality.py
+	$(PY) bench/asha.py
 
 clean:
 	rm -rf runs demo-runs .pytest_cache

@@ -50,6 +50,8 @@ def run_steps(args: dict[str, Any], threads: int, wrap: Any = None) -> dict[str,
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = create_unet(ModelConfig(base_filters=ns.base_filters, depth=ns.depth))
+    if getattr(ns, "channels_last", False):
+        model = model.to(memory_format=torch.channels_last)  # the model converts its input (UNet.memory_format)
     if wrap is not None:
         model = wrap(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -124,13 +126,14 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--base-filters", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--channels-last", action="store_true", help="channels_last model (train.channels_last, the default)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="CPU threads/cores used by each configuration.")
     p.add_argument("--out", default=str(REPO / "bench/results/train_overhead.json"))
     ns = p.parse_args()
-    args = {k: getattr(ns, k) for k in ("size", "batch", "base_filters", "depth", "steps", "warmup")}
+    args = {k: getattr(ns, k) for k in ("size", "batch", "base_filters", "depth", "steps", "warmup", "channels_last")}
     import ray
 
     tmp = tempfile.mkdtemp(prefix="urb")

@@ -15,9 +15,10 @@ def run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 def test_help_explains_every_command():
     out = run("--help").stdout
-    for cmd in ("models", "config", "synthetic", "ingest", "train", "demo"):
+    for cmd in ("models", "config", "synthetic", "ingest", "train", "tune", "demo"):
         assert cmd in out
     assert "--set" in run("train", "--help").stdout
+    assert "--resume" in run("tune", "--help").stdout
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,12 @@ def test_help_explains_every_command():
         (["config", "--set", "model.backbone=resnet18", "--set", "model.unpooling=maxunpool"], "maxunpool"),
         (["config", "--config", "/nonexistent.yaml"], "config file '/nonexistent.yaml' not found"),
         (["train"], "data.dataset is empty"),
+        (["tune", "--set", "tune.search_space={model.unpoling: {choice: [transpose]}}"],
+         "tune.search_space.model.unpoling: unknown key"),
+        (["tune", "--set", "tune.search_space={model.unpooling: {grid: [maxunpool]}, model.backbone: {grid: [resnet18]}}"],
+         "impossible"),
+        (["tune", "--set", "tune.scheduler=pbt2"], "tune.scheduler: invalid value 'pbt2'"),
+        (["tune", "--set", "tune.search_space={train.lr: {choice: [0.01]}}"], "data.dataset is empty"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, expected):

@@ -170,12 +170,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from unet_dist.tune import run_campaign
+
+    cfg = _load(args, _flag_overrides(args, {"data": "data.dataset", "storage": "storage.uri", "address": "resources.address",
+                                             "name": "tune.name"}))
+    summary = run_campaign(cfg, resume=args.resume, progress=not args.json, verbose=args.verbose)
+    print_campaign(summary, cfg, args.json)
+    return 0
+
+
+def print_campaign(summary: Any, cfg: Config, as_json: bool) -> None:
+    """The top-N trials, the best trial and its best checkpoint; one JSON line with --json."""
+    from unet_dist.tune.campaign import trials_table
+
+    if as_json:
+        print(summary.to_json())
+        return
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
+    console.print()
+    console.print(trials_table(summary.trials, list(cfg.tune.search_space), summary.metric,
+                               title=f"top {cfg.tune.top} of {len(summary.trials)} trials ({counts})", limit=cfg.tune.top))
+    console.rule(f"[bold green]campaign {summary.status}[/]: {summary.name}")
+    best = summary.best or {}
+    for label, value in (("campaign", summary.uri), ("best trial", best.get("trial_id")), ("searched", best.get("params")),
+                         (f"best {summary.metric}", best.get("best_value")), ("best checkpoint", best.get("best_checkpoint")),
+                         ("skipped points", len(summary.skipped)), ("duration_s", summary.duration_s)):
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        console.print(f"  [bold]{label:<18}[/] {shown}", highlight=False, soft_wrap=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from unet_dist.demo import DEMO_PROFILE, run_demo
 
     cfg = _load(args, _train_overrides(args), base=DEMO_PROFILE)
-    summary = run_demo(cfg, data=args.data_folder, workdir=args.workdir, console=console)
-    _print_summary(summary, args.json)
+    summary = run_demo(cfg, data=args.data_folder, workdir=args.workdir, console=err_console if args.json else console)
+    print_campaign(summary, cfg, args.json)
     return 0
 
 
@@ -257,9 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON line")
     _config_args(p)
 
-    p = add("demo", cmd_demo, "end-to-end demo: synthetic (or --data) images -> ingest -> 2-worker training",
+    p = add("tune", cmd_tune, "run (or --resume) a Ray Tune campaign over the U-Net design space",
+            "Runs the campaign in --config (a base run config plus its tune: section: search_space, scheduler, "
+            "num_samples, ...). Every trial is a data-parallel Ray Train run; ASHA stops poor trials early; every "
+            "trial's record, metrics and checkpoints land under STORAGE/<tune.name>/trials/. A name that exists "
+            "needs --resume, which continues a killed campaign: finished trials are kept, unfinished ones continue "
+            "from their newest checkpoint, errored ones are retried once.")
+    p.add_argument("--data", help="URI of an ingested dataset (default: data.dataset of the config)")
+    p.add_argument("--storage", help="where campaigns go: local path (default ./runs) or s3://bucket/prefix")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--name", help="campaign name (tune.name)")
+    p.add_argument("--resume", action="store_true", help="continue the campaign of this name from storage")
+    p.add_argument("--json", action="store_true", help="print a one-line JSON summary at the end")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own log lines (kept in Ray's log files otherwise)")
+    _config_args(p)
+
+    p = add("demo", cmd_demo, "end-to-end demo: synthetic (or --data) images -> ingest -> a small tuning campaign",
             "Runs the whole product on a local Ray: generates a SYNTHETIC data set (or uses --data FOLDER with "
-            "images/ and masks/), ingests it, trains 2 workers and prints the best checkpoint and val IoU.")
+            "images/ and masks/), ingests it, runs a small ASHA campaign of 2-worker Ray Train trials over "
+            "backbones x unpooling methods, and prints the ranking and the best checkpoint.")
     p.add_argument("--data", dest="data_folder", help="folder with images/ and masks/ instead of synthetic data")
     p.add_argument("--workdir", default="demo-runs", help="where the demo writes data, dataset and runs (default demo-runs/)")
     train_flags(p)

@@ -102,7 +102,7 @@ class DataConfig(_Section):
     vflip: bool = True
     rot90: bool = True
     intensity_jitter: float = Field(0.1, ge=0.0, le=1.0, description="Max brightness/contrast change.")
-    num_crops_per_image: int | Literal["auto"] = Field("auto", description="Random crops drawn per image per epoch; auto: the mean train image area over the crop area (at least 1), so an epoch covers about every pixel once.")
+    num_crops_per_image: int | Literal["auto"] = Field(1, description="Random crops drawn per image per epoch; auto: the mean train image area over the crop area (at least 1), so an epoch covers about every pixel once (fewer, longer epochs: more images/s, fewer validations).")
     shuffle_buffer: int = Field(64, ge=1, description="Rows in each worker's local shuffle buffer (seeded per epoch).")
     @field_validator("num_crops_per_image")
     @classmethod
@@ -165,16 +165,29 @@ class TrainConfig(_Section):
 
 
 class TuneConfig(_Section):
-    """A Ray Tune campaign over the schema above."""
+    """A Ray Tune campaign over the schema above: every trial is a data-parallel training run of the base config
+    with the searched keys replaced."""
 
-    name: str = "tune"
-    num_samples: int = Field(8, ge=1)
+    name: str = Field("tune", description="Campaign name: its folder under storage.uri (an existing name needs --resume).")
+    search_space: dict[str, Any] = Field(default_factory=dict, description="Dotted config keys -> {choice\\|grid: [...]} or {uniform\\|loguniform\\|randint: [lo, hi]} or {quniform: [lo, hi, q]}.")
+    scheduler: Literal["asha", "hyperband", "fifo"] = Field("asha", description="Trial scheduler; asha and hyperband stop poor trials early at rungs measured in epochs.")
+    search: Literal["random", "grid", "optuna"] = Field("random", description="random (and grid keys) with Tune's variant generator, or optuna (pip install optuna).")
+    num_samples: int = Field(8, ge=1, description="Trials per grid point (random/optuna: trials in all).")
     max_concurrent_trials: int = Field(1, ge=1)
-    metric: str = "val_iou"
-    mode: Literal["max", "min"] = "max"
-    grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped.")
-    reduction_factor: int = Field(3, ge=2)
-    search_space: dict[str, Any] = Field(default_factory=dict, description="Dotted keys -> {choice: [...]} / {uniform|loguniform: [lo, hi]}.")
+    metric: str | None = Field(None, description="Metric the scheduler and the ranking use; default: train.monitor.")
+    mode: Literal["max", "min"] | None = Field(None, description="Default: train.monitor_mode.")
+    time_budget_s: float | None = Field(None, gt=0, description="Stop launching and end the campaign after this many seconds (Tune's time_budget_s).")
+    grace_period: int = Field(2, ge=1, description="ASHA/Hyperband: epochs before a trial may be stopped.")
+    reduction_factor: int = Field(3, ge=2, description="ASHA/Hyperband: 1/reduction_factor of trials go on at each rung.")
+    trial_cpus: float = Field(0.1, gt=0, description="CPU share of each trial's driver (its Ray Train workers take their own resources).")
+    top: int = Field(5, ge=1, description="Trials shown in the final ranking.")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str | None) -> str | None:
+        if v is not None and v not in REPORTED_METRICS:
+            raise ValueError(f"tune.metric: unknown metric {v!r}; choose one of: {', '.join(REPORTED_METRICS)}")
+        return v
 
 
 class StorageConfig(_Section):
@@ -233,6 +246,11 @@ class Config(_Section):
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict without credentials, for checkpoints, metrics and reports."""
         return self.model_dump(mode="json")
+
+    @property
+    def campaign_metric(self) -> tuple[str, str]:
+        """``(metric, mode)`` a campaign ranks and schedules by: ``tune.metric``/``mode``, else the runs' monitor."""
+        return self.tune.metric or self.train.monitor, self.tune.mode or self.train.monitor_mode
 
 
 def _format_error(err: ValidationError, prefix: str = "") -> str:

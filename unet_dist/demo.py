@@ -1,11 +1,13 @@
-"""The end-to-end demo behind `make demo`: data -> ingest -> 2-worker Ray Train run -> best checkpoint.
+"""The end-to-end demo behind `make demo`: data -> ingest -> a small Ray Tune campaign of 2-worker Ray Train
+runs over backbones x unpooling methods -> the ranking and the best checkpoint.
 
-With no ``data`` it generates and ingests the package's deterministic SYNTHETIC set, so it runs
-on a fresh clone with no downloads; ``data`` points it at a real folder of images/ and masks/.
+With no ``data`` it generates and ingests the package's deterministic SYNTHETIC set, so it runs on a fresh clone
+with no downloads; ``data`` points it at a real folder of images/ and masks/.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +16,23 @@ from rich.console import Console
 from unet_dist.config import Config
 
 # A demo profile sized for a 2-core laptop (minutes, not hours), layered over the schema defaults.
-# 0.5 CPU and 1 torch thread per worker leave the driver and Ray room on 2 cores.
+# 0.5 CPU and 1 torch thread per worker leave the trial's driver and Ray room on 2 cores.
 DEMO_PROFILE: dict[str, Any] = {
-    "model": {"depth": 4, "base_filters": 16},
     "data": {"crop_size": 96, "batch_size": 8, "val_batch_size": 4},
-    "train": {"epochs": 8, "lr": 3e-3, "warmup_epochs": 1, "log_images": 2},
+    "train": {"epochs": 6, "warmup_epochs": 1, "log_images": 2, "num_to_keep": 1},
     "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "torch_threads": 1},
+    "tune": {"scheduler": "asha", "grace_period": 2, "reduction_factor": 2, "num_samples": 1, "top": 4,
+             "search_space": {"model.backbone": {"grid": ["scratch", "resnet18"]},
+                              "model.unpooling": {"grid": ["transpose", "bilinear"]}}},
 }
 SYNTHETIC = {"n": 48, "size": 128, "mode": "binary", "seed": 0}
 
 
 def run_demo(cfg: Config, data: str | None = None, workdir: str = "demo-runs", console: Console | None = None) -> Any:
-    """Generate (or take) data, ingest it next to the runs, train, and return the training summary."""
+    """Generate (or take) data, ingest it next to the campaigns, run the campaign, and return its summary."""
     from unet_dist.data.ingest import ingest
     from unet_dist.data.synthetic import demo_dataset
-    from unet_dist.train import fit
+    from unet_dist.tune import run_campaign
 
     console = console or Console()
     work = Path(workdir).resolve()
@@ -42,5 +46,9 @@ def run_demo(cfg: Config, data: str | None = None, workdir: str = "demo-runs", c
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": dataset})})
     if cfg.storage.uri == type(cfg.storage)().uri:
         cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"uri": str(work / "runs")})})
-    console.rule(f"[bold]2/2 train[/]: {cfg.resources.num_workers} workers, {cfg.train.epochs} epochs -> {cfg.storage.uri}")
-    return fit(cfg, console=console, progress=True)
+    if cfg.tune.name == type(cfg.tune)().name:
+        name = f"demo-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+        cfg = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"name": name})})
+    console.rule(f"[bold]2/2 tune[/]: {len(cfg.tune.search_space)}-key grid, {cfg.resources.num_workers}-worker trials, "
+                 f"{cfg.train.epochs} epochs, {cfg.tune.scheduler} -> {cfg.storage.uri}/{cfg.tune.name}")
+    return run_campaign(cfg, console=console, progress=True)

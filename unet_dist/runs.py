@@ -10,6 +10,13 @@ A run directory ``STORAGE/<name>/`` holds::
     epoch_NNNN/state.pt       # a checkpoint (torch, loadable with weights_only=True) ...
     epoch_NNNN/COMPLETE       # ... and its marker, written last: file sizes and the epoch
 
+A campaign directory ``STORAGE/<campaign>/`` (``unet-dist tune``) holds::
+
+    campaign.json             # the campaign record: space, scheduler, search, metric, status, skipped grid points
+    trials/<trial_id>/        # one run directory per trial (above); its run.json has kind "trial", the searched
+                              # values (params) and the trial status: running, finished, early_stopped, error, invalid
+    tune/                     # Ray Tune's own experiment state (what --resume restores)
+
 Train, tune and collect read and write runs through this module only; it imports nothing of the package
 but storage and config, so a collector reads runs without the training code (or torch).
 """
@@ -37,7 +44,10 @@ MARKER_FILE = "COMPLETE"
 RECORD_SCHEMA = 1
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 
-Status = Literal["running", "finished", "failed", "stopped"]
+Status = Literal["running", "finished", "failed", "stopped", "early_stopped", "error", "invalid"]
+CAMPAIGN_RECORD = "campaign.json"
+TRIALS_DIR = "trials"
+TUNE_STATE_DIR = "tune"
 
 
 def checkpoint_dir_name(epoch: int) -> str:
@@ -198,3 +208,59 @@ def finish_record(run: RunDir, status: Status, error: str | None = None, **extra
     rows = run.metrics()
     best = run.best(cfg_monitor["metric"], cfg_monitor["mode"], rows)
     return run.update_record(status=status, error=error, ended_at=now_iso(), **progress_fields(rows, best), **extra)
+
+
+def read_json(loc: Location) -> dict[str, Any] | None:
+    return json.loads(loc.read_text()) if loc.exists() else None
+
+
+class CampaignDir:
+    """One campaign directory: its record, one :class:`RunDir` per trial, and Ray Tune's state folder."""
+
+    def __init__(self, loc: Location) -> None:
+        self.loc = loc
+
+    @property
+    def uri(self) -> str:
+        return self.loc.uri
+
+    @property
+    def tune_state(self) -> Location:
+        return self.loc / TUNE_STATE_DIR
+
+    def exists(self) -> bool:
+        return (self.loc / CAMPAIGN_RECORD).exists()
+
+    def read_record(self) -> dict[str, Any] | None:
+        return read_json(self.loc / CAMPAIGN_RECORD)
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        (self.loc / CAMPAIGN_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+    def update_record(self, **fields: Any) -> dict[str, Any]:
+        record = {**(self.read_record() or {}), **fields, "updated_at": now_iso()}
+        self.write_record(record)
+        return record
+
+    def trial(self, trial_id: str) -> RunDir:
+        return RunDir(self.loc / TRIALS_DIR / trial_id)
+
+    def trials(self) -> dict[str, RunDir]:
+        """``{trial_id: RunDir}`` of every trial folder on storage."""
+        folder = self.loc / TRIALS_DIR
+        if not folder.exists():
+            return {}
+        return {child.name: RunDir(child) for child in sorted(folder.ls(), key=lambda c: c.name)}
+
+
+def new_campaign_record(cfg: Config, name: str, uri: str, space: dict[str, Any], skipped: list[dict[str, Any]],
+                        code_version: str) -> dict[str, Any]:
+    """The record of a campaign that is starting."""
+    metric, mode = cfg.campaign_metric
+    return {
+        "schema": RECORD_SCHEMA, "kind": "campaign", "name": name, "uri": uri, "status": "running", "error": None,
+        "search_space": space, "scheduler": cfg.tune.scheduler, "search": cfg.tune.search, "metric": metric, "mode": mode,
+        "num_samples": cfg.tune.num_samples, "max_concurrent_trials": cfg.tune.max_concurrent_trials,
+        "skipped": skipped, "config": cfg.to_dict(), "code_version": code_version,
+        "started_at": now_iso(), "ended_at": None, "updated_at": now_iso(), "resumed_at": [],
+    }

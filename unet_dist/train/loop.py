@@ -50,21 +50,31 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class Fault:
     """Test-only hook: ``UNET_DIST_FAULT="rank=1,epoch=2,step=1"`` kills that worker once;
     ``...,raise=TEXT`` raises ``RuntimeError(TEXT)`` there instead (every time: a deterministic bug), and
-    ``...,raise=TEXT,kind=data`` a DataError (a user error, which is not retried)."""
+    ``...,raise=TEXT,kind=data`` a DataError (a user error, which is not retried); ``...,if=model.unpooling:bilinear``
+    arms it only in runs whose config has that value (one trial of a campaign)."""
 
     rank: int
     epoch: int
     step: int
     message: str | None = None
     kind: str = "runtime"
+    only_if: str | None = None
 
     @classmethod
-    def parse(cls, text: str | None) -> "Fault | None":
+    def parse(cls, text: str | None, cfg: Config | None = None) -> "Fault | None":
         if not text:
             return None
         kv = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
-        return cls(int(kv.get("rank", 0)), int(kv.get("epoch", 0)), int(kv.get("step", 0)), kv.get("raise"),
-                   kv.get("kind", "runtime"))
+        fault = cls(int(kv.get("rank", 0)), int(kv.get("epoch", 0)), int(kv.get("step", 0)), kv.get("raise"),
+                    kv.get("kind", "runtime"), kv.get("if"))
+        return fault if cfg is None or fault.armed(cfg) else None
+
+    def armed(self, cfg: Config) -> bool:
+        if not self.only_if:
+            return True
+        key, _, value = self.only_if.partition(":")
+        section, _, field = key.partition(".")
+        return str(getattr(getattr(cfg, section), field)) == value
 
     def maybe_die(self, run: Location, rank: int, epoch: int, step: int) -> None:
         if (rank, epoch, step) != (self.rank, self.epoch, self.step):
@@ -186,7 +196,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(int(cfg.resources.torch_threads or max(1, round(cfg.resources.cpus_per_worker))))
     extra = config.get("extra_state") or {}
     w = Worker(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
-               RunDir(resolve(config["run_uri"], cfg.storage)), Fault.parse(config.get("fault")), extra.get("class_names"))
+               RunDir(resolve(config["run_uri"], cfg.storage)), Fault.parse(config.get("fault"), cfg), extra.get("class_names"))
     quiet_ray_logs()
     seed_everything(cfg.train.seed)
     spe = steps_per_epoch(config["train_rows"] * config["spec"].num_crops_per_image, cfg, w.world)
@@ -227,7 +237,7 @@ def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any]
            "train_time_s": state.train_time_s}
     local = recorder.on_epoch_end(row, shown, state.snapshot(epoch)) if w.rank == 0 else None
     checkpoint = Checkpoint.from_directory(local) if local else None
-    ray.train.report(scalar_metrics(row), checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch))
+    ray.train.report({**scalar_metrics(row), "epochs_done": epoch + 1}, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch))
     if local:
         shutil.rmtree(local, ignore_errors=True)
         recorder.after_report()

@@ -98,6 +98,22 @@ def log_tensorboard(writer: Any, row: dict[str, Any], shown: list[torch.Tensor],
     writer.flush()
 
 
+def write_hparams(run: RunDir, params: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """A trial's searched values and final metrics as TensorBoard hparams (its own event file under ``tensorboard/``),
+    so ``tensorboard --logdir CAMPAIGN/trials`` shows the HParams table and parallel-coordinates view."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    tmp = Path(tempfile.mkdtemp(prefix="unet-hp-"))
+    try:
+        with SummaryWriter(str(tmp)) as writer:
+            shown = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+            values = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+            writer.add_hparams(shown, values or {"hparam/none": 0.0}, run_name="hparams")
+        upload_dir(tmp, run.loc / TENSORBOARD_DIR, {})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def upload_dir(local: Path, dest: Location, uploaded: dict[Path, int]) -> None:
     """Copy new or grown files to storage (whole files: S3 has no append); ``uploaded`` remembers the size
     each file had when last copied."""

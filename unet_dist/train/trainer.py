@@ -117,11 +117,12 @@ def preflight(cfg: Config) -> dict[str, Any]:
     return manifest
 
 
-def prepare_data(cfg: Config, manifest: dict[str, Any]) -> PreparedData:
-    """Ray Datasets and the workers' PipelineSpec; refuses a train split too small for every worker to get a row."""
+def prepare_data(cfg: Config, manifest: dict[str, Any], datasets: dict[str, Any] | None = None) -> PreparedData:
+    """Ray Datasets (``datasets`` when already built, e.g. once per campaign) and the workers' PipelineSpec; refuses
+    a train split too small for every worker to get a row."""
     from unet_dist.data.pipeline import build_datasets, pipeline_spec
 
-    datasets = build_datasets(cfg.data, cfg.storage, cfg.model.in_channels, manifest)
+    datasets = datasets or build_datasets(cfg.data, cfg.storage, cfg.model.in_channels, manifest)
     spec = pipeline_spec(cfg.data, cfg.storage, cfg.model.in_channels, manifest, pad_multiple=2 ** cfg.model.depth)
     rows = datasets["train"].count()
     nw = cfg.resources.num_workers

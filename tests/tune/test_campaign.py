@@ -1,0 +1,116 @@
+"""Campaigns end to end on a real local Ray: trials are Ray Train runs, ASHA stops some, every trial leaves its
+record on storage (S3 too), impossible points are skipped or recorded, an erroring trial does not stop the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from unet_dist.errors import ConfigError
+from unet_dist.runs import CampaignDir, RunDir
+from unet_dist.storage import resolve
+from unet_dist.train.loop import FAULT_ENV
+from unet_dist.tune import run_campaign
+
+EPOCHS = 6
+TRIAL_KEYS = {"kind", "campaign", "trial_id", "params", "status", "epochs", "best", "best_checkpoint", "config"}
+
+
+def _campaign(small_config, dataset: str, storage: str, space: dict, *overrides: str):
+    cfg = small_config(dataset, storage, "data.crop_size=64", "train.log_images=0", "train.num_to_keep=1", *overrides)
+    return cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"search_space": space})})
+
+
+@pytest.fixture(scope="module")
+def isbi_on_s3(isbi_small_dir, s3_server) -> str:
+    from unet_dist.config import IngestConfig
+    from unet_dist.data.ingest import ingest
+
+    dataset = f"s3://{s3_server['bucket']}/tune-isbi128"
+    ingest(str(isbi_small_dir), dataset, IngestConfig(split=(0.67, 0.33, 0.0), seed=0), progress=False)
+    return dataset
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+def test_backbone_by_unpooling_campaign_on_s3(small_config, ray_local, isbi_on_s3, s3_uri) -> None:
+    space = {"model.backbone": {"grid": ["scratch", "resnet18"]}, "model.unpooling": {"grid": ["transpose", "bilinear"]}}
+    cfg = _campaign(small_config, isbi_on_s3, s3_uri, space, f"train.epochs={EPOCHS}", "tune.name=bxu", "tune.grace_period=1",
+                    "tune.reduction_factor=2", "tune.num_samples=1", "model.base_filters=8")
+    summary = run_campaign(cfg, progress=False)
+    print("campaign:", summary.to_json())
+
+    assert summary.status == "finished" and len(summary.trials) == 4 and summary.uri == f"{s3_uri}/bxu"
+    assert summary.counts.get("early_stopped", 0) >= 1, summary.counts  # ASHA stopped at least one trial
+    assert summary.counts.get("early_stopped", 0) + summary.counts.get("finished", 0) == 4
+    campaign = CampaignDir(resolve(summary.uri))
+    record = campaign.read_record()
+    assert record["status"] == "finished" and record["metric"] == "val_mean_iou" and record["scheduler"] == "asha"
+    assert "unetdist-test-secret" not in (campaign.loc / "campaign.json").read_text()
+    seen = set()
+    for trial_id, run in campaign.trials().items():
+        rec = run.read_record()
+        assert TRIAL_KEYS <= set(rec) and rec["kind"] == "trial" and rec["trial_id"] == trial_id
+        seen.add((rec["params"]["model.backbone"], rec["params"]["model.unpooling"]))
+        rows = run.metrics()
+        assert [r["epoch"] for r in rows] == list(range(len(rows))) and rec["epochs"] == len(rows)
+        assert rec["status"] in ("finished", "early_stopped") and rows
+        if rec["status"] == "finished":
+            assert len(rows) == EPOCHS
+        assert rec["config"]["model"]["backbone"] == rec["params"]["model.backbone"]
+        hparams = run.loc / "tensorboard" / "hparams"
+        assert hparams.exists() and any(c.name.startswith("events.out.tfevents") for c in hparams.ls())
+    assert seen == {(b, u) for b in ("scratch", "resnet18") for u in ("transpose", "bilinear")}
+
+    best = summary.best
+    assert best["best_checkpoint"].startswith(summary.uri) and best["best_value"] == max(
+        t["best_value"] for t in summary.trials if t["best_value"] is not None)
+    proc = subprocess.run([sys.executable, "-m", "unet_dist", "evaluate", best["best_checkpoint"], "--json"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert fresh["mean_iou"] == pytest.approx(best["best_value"], abs=1e-9)
+    assert fresh["iou"] == pytest.approx(best["best_val_iou"], abs=1e-9)
+
+    with pytest.raises(ConfigError, match="already exists: add --resume"):
+        run_campaign(cfg, progress=False)
+
+
+@pytest.mark.ray
+def test_impossible_points_are_skipped_or_recorded_invalid(small_config, ray_local, synthetic_dataset, tmp_path) -> None:
+    grid = {"model.unpooling": {"grid": ["transpose", "maxunpool"]}, "model.pooling": {"grid": ["max", "avg"]}}
+    cfg = _campaign(small_config, synthetic_dataset, str(tmp_path), grid, "train.epochs=1", "tune.name=grid",
+                    "tune.scheduler=fifo", "tune.num_samples=1", "resources.num_workers=1")
+    summary = run_campaign(cfg, progress=False)
+    assert summary.counts == {"finished": 3}
+    assert [s["params"] for s in summary.skipped] == [{"model.unpooling": "maxunpool", "model.pooling": "avg"}]
+    assert CampaignDir(resolve(summary.uri)).read_record()["skipped"] == summary.skipped
+
+    sampled = {"model.backbone": {"choice": ["scratch", "resnet18"]}, "model.unpooling": {"choice": ["maxunpool", "transpose"]}}
+    cfg = _campaign(small_config, synthetic_dataset, str(tmp_path), sampled, "train.epochs=1", "tune.name=sampled",
+                    "tune.scheduler=fifo", "tune.num_samples=4", "resources.num_workers=1")
+    summary = run_campaign(cfg, progress=False)  # the sampling is seeded by train.seed: the same points every run
+    invalid = [t for t in summary.trials if t["status"] == "invalid"]
+    assert invalid and all(t["params"] == {"model.backbone": "resnet18", "model.unpooling": "maxunpool"} for t in invalid)
+    assert all("maxunpool" in t["error"] and t["epochs"] == 0 for t in invalid)
+    assert summary.counts["finished"] == 4 - len(invalid) >= 1
+
+
+@pytest.mark.ray
+def test_an_erroring_trial_is_recorded_and_the_others_finish(small_config, ray_local, synthetic_dataset, tmp_path,
+                                                            monkeypatch) -> None:
+    monkeypatch.setenv(FAULT_ENV, "rank=0,epoch=0,step=0,raise=boom in trial,if=model.unpooling:bilinear")
+    space = {"model.unpooling": {"grid": ["transpose", "bilinear", "nearest"]}}
+    cfg = _campaign(small_config, synthetic_dataset, str(tmp_path), space, "train.epochs=1", "tune.name=err",
+                    "tune.scheduler=fifo", "tune.num_samples=1", "train.max_failures=0")
+    summary = run_campaign(cfg, progress=False)
+    by_unpool = {t["params"]["model.unpooling"]: t for t in summary.trials}
+    assert by_unpool["bilinear"]["status"] == "error" and "boom in trial" in by_unpool["bilinear"]["error"]
+    assert by_unpool["transpose"]["status"] == by_unpool["nearest"]["status"] == "finished"
+    assert summary.status == "finished" and summary.best["params"]["model.unpooling"] != "bilinear"
+    run = RunDir(resolve(summary.uri) / "trials" / by_unpool["bilinear"]["trial_id"])
+    assert "boom in trial" in run.read_record()["error"]

@@ -1,0 +1,281 @@
+"""A campaign: check the space, start or resume Ray Tune over :func:`~unet_dist.tune.trial.trial_main`, show the
+trials live, and close every trial's record with what happened to it.
+
+``run_campaign(cfg)`` serves the CLI (``unet-dist tune``), ``jobs/tune.py`` and tests. Everything the results
+collector needs is on storage in the layout of :mod:`unet_dist.runs`; Ray Tune's own state lives under the
+campaign's ``tune/`` folder and is only what ``--resume`` restores.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from unet_dist.config import Config
+from unet_dist.errors import ConfigError, UserError
+from unet_dist.runs import TUNE_STATE_DIR, CampaignDir, finish_record, new_campaign_record, now_iso
+from unet_dist.storage import ray_storage, resolve
+from unet_dist.tune.schedulers import SCHEDULERS, SEARCHERS
+from unet_dist.tune.space import CheckedSpace, check_space
+
+FINAL = ("finished", "early_stopped", "error", "invalid")
+
+
+class CampaignInterrupted(UserError):
+    """Ctrl-C: the campaign is marked stopped; ``--resume`` continues it."""
+
+    exit_code = 130
+
+
+@dataclass
+class CampaignSummary:
+    """What a campaign produced; ``to_json()`` is the CLI's ``--json`` line."""
+
+    name: str
+    uri: str
+    status: str
+    metric: str
+    mode: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), default=str)
+
+
+def trial_rows(campaign: CampaignDir, metric: str, mode: str) -> list[dict[str, Any]]:
+    """One row per trial folder from its record and metrics (never its checkpoint), best first."""
+    rows = []
+    for trial_id, run in campaign.trials().items():
+        record = run.read_record()
+        if not record:
+            continue
+        best = record.get("best") or {}
+        final = record.get("final_metrics") or {}
+        rows.append({
+            "trial_id": trial_id, "status": record.get("status"), "params": record.get("params", {}),
+            "epochs": record.get("epochs", 0), "best_value": best.get("value"), "best_epoch": best.get("epoch"),
+            "best_val_iou": record.get("best_val_iou"), "val_iou": final.get("val_iou"),
+            "images_per_s": final.get("images_per_s"), "best_checkpoint": record.get("best_checkpoint"),
+            "error": record.get("error"),
+        })
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(rows, key=lambda r: (r["best_value"] is None, sign * (r["best_value"] or 0.0), r["trial_id"]))
+
+
+def _prepare(cfg: Config, resume: bool) -> tuple[CheckedSpace, CampaignDir, Any]:
+    """Everything checkable before Ray starts: the space, the scheduler/search names, the campaign's existence."""
+    checked = check_space(cfg)
+    SCHEDULERS.get(cfg.tune.scheduler)
+    searcher = SEARCHERS.get(cfg.tune.search)(cfg)
+    campaign = CampaignDir(resolve(cfg.storage.uri, cfg.storage) / cfg.tune.name)
+    exists = campaign.exists()
+    if exists and not resume:
+        raise ConfigError(f"campaign {campaign.uri} already exists: add --resume to continue it, or choose another tune.name")
+    if resume and not exists:
+        raise ConfigError(f"--resume: there is no campaign at {campaign.uri}; run it without --resume to start it")
+    return checked, campaign, searcher
+
+
+def run_campaign(cfg: Config, *, resume: bool = False, console: Any = None, progress: bool = True,
+                 verbose: bool = False) -> CampaignSummary:
+    """Run (or, with ``resume``, continue) the campaign ``cfg.tune`` over ``cfg``; returns its summary."""
+    from rich.console import Console
+
+    from unet_dist.train.trainer import code_version, preflight
+
+    t0 = time.time()
+    console = console or Console(stderr=True)
+    checked, campaign, searcher = _prepare(cfg, resume)
+    manifest = preflight(cfg)
+    for point in checked.skipped:
+        console.print(f"[yellow]skipped impossible grid point[/] {point['params']}: {point['reason']}", highlight=False)
+    if resume:
+        campaign.update_record(status="running", error=None, ended_at=None,
+                               resumed_at=[*(campaign.read_record() or {}).get("resumed_at", []), now_iso()])
+    else:
+        campaign.write_record(new_campaign_record(cfg, cfg.tune.name, campaign.uri, cfg.tune.search_space, checked.skipped,
+                                                  code_version()))
+    _tune(cfg, checked, campaign, searcher, manifest, resume, console if progress else None, verbose)
+    return summarize(campaign, cfg, time.time() - t0)
+
+
+def _tune(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: Any, manifest: dict[str, Any], resume: bool,
+          console: Any, verbose: bool) -> None:
+    from unet_dist.data.pipeline import build_datasets
+    from unet_dist.train.session import decide_gpu, ray_session
+    from unet_dist.train.trainer import fit_off_main_thread
+
+    with ray_session(cfg, verbose=verbose):
+        gpu = decide_gpu(cfg)
+        if console is not None:
+            console.print(f"[dim]{gpu.reason}[/]", highlight=False, soft_wrap=True)
+        datasets = build_datasets(cfg.data, cfg.storage, cfg.model.in_channels, manifest)
+        tuner = _tuner(cfg, checked, campaign, searcher, manifest, gpu, datasets, resume)
+        view = CampaignView(campaign, cfg, console) if console is not None else None
+        try:
+            with view or _Null():
+                grid = fit_off_main_thread(tuner)
+        except KeyboardInterrupt:
+            close_trials(campaign, "stopped")
+            campaign.update_record(status="stopped", ended_at=now_iso(), error="interrupted by the user (Ctrl-C)")
+            raise CampaignInterrupted(f"campaign {campaign.uri} interrupted (Ctrl-C); continue it with: unet-dist tune "
+                                      f"--config CAMPAIGN.yaml --storage {cfg.storage.uri} --resume") from None
+        except Exception as err:
+            close_trials(campaign, "stopped")
+            campaign.update_record(status="failed", ended_at=now_iso(), error=f"{type(err).__name__}: {err}".splitlines()[0])
+            raise
+    close_after_tune(campaign, grid)
+    campaign.update_record(status="finished", ended_at=now_iso())
+
+
+def close_after_tune(campaign: CampaignDir, grid: Any) -> None:
+    """Trials Tune ended without their own last word: ``error`` where Tune saw an exception, else ``early_stopped``
+    (a trial the scheduler stops never returns to write its record). Then every trial's hparams for TensorBoard."""
+    from unet_dist.train.recorder import write_hparams
+
+    errors = {_trial_id(r): r.error for r in grid if r.error is not None}
+    for trial_id, run in campaign.trials().items():
+        record = run.read_record() or {}
+        if record.get("status") == "running":
+            err = errors.get(trial_id)
+            record = finish_record(run, "error" if err else "early_stopped", _one_line(err) if err else None)
+        if record.get("params") and record.get("status") != "invalid":
+            write_hparams(run, record["params"], {**record.get("final_metrics", {}), "best": (record.get("best") or {}).get("value")})
+
+
+def _trial_id(result: Any) -> str:
+    return str((result.metrics or {}).get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def _one_line(err: BaseException) -> str:
+    from unet_dist.train.trainer import failure_cause
+
+    return failure_cause(err)
+
+
+def _tuner(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: Any, manifest: dict[str, Any], gpu: Any,
+           datasets: dict[str, Any], resume: bool) -> Any:
+    from ray import tune
+
+    import os
+
+    from unet_dist.train.loop import FAULT_ENV
+    from unet_dist.train.trainer import code_version
+    from unet_dist.tune.trial import trial_main
+
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_main, base=cfg, campaign_uri=campaign.uri, manifest=manifest, gpu=gpu,
+                             datasets=datasets, code_version=code_version(), fault=os.environ.get(FAULT_ENV)),
+        {"CPU": cfg.tune.trial_cpus})
+    storage_path, storage_fs = ray_storage(campaign.loc)
+    state = f"{storage_path}/{TUNE_STATE_DIR}"
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # an invalid trial ends without a result
+    if resume and tune.Tuner.can_restore(state, storage_filesystem=storage_fs):
+        return tune.Tuner.restore(state, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs)
+    metric, mode = cfg.campaign_metric
+    return tune.Tuner(
+        trainable,
+        param_space=checked.param_space(),
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=SCHEDULERS.get(cfg.tune.scheduler)(cfg, campaign.uri),
+                                    search_alg=searcher, num_samples=cfg.tune.num_samples,
+                                    max_concurrent_trials=cfg.tune.max_concurrent_trials, time_budget_s=cfg.tune.time_budget_s,
+                                    trial_dirname_creator=lambda trial: trial.trial_id),
+        run_config=tune.RunConfig(name=TUNE_STATE_DIR, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+def close_trials(campaign: CampaignDir, status: str) -> None:
+    """Mark every trial still running with ``status`` (``stopped`` on an interrupt): a trial Tune stops never
+    returns to write its own record."""
+    for run in campaign.trials().values():
+        record = run.read_record() or {}
+        if record.get("status") == "running":
+            finish_record(run, status)  # type: ignore[arg-type]
+
+
+def summarize(campaign: CampaignDir, cfg: Config, duration: float) -> CampaignSummary:
+    metric, mode = cfg.campaign_metric
+    record = campaign.read_record() or {}
+    rows = trial_rows(campaign, metric, mode)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    best = next((r for r in rows if r["best_value"] is not None), None)
+    return CampaignSummary(name=campaign.loc.name, uri=campaign.uri, status=record.get("status", "unknown"), metric=metric,
+                           mode=mode, trials=rows, best=best, skipped=record.get("skipped", []), counts=counts,
+                           duration_s=round(duration, 2))
+
+
+class _Null:
+    def __enter__(self) -> None: ...
+
+    def __exit__(self, *exc: Any) -> None: ...
+
+
+class CampaignView:
+    """A driver thread rendering the trials from storage (records and metrics) into a rich live table."""
+
+    def __init__(self, campaign: CampaignDir, cfg: Config, console: Any, interval: float = 2.0) -> None:
+        self.campaign, self.cfg, self.console, self.interval = campaign, cfg, console, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="unet-dist-campaign", daemon=True)
+        self._t0 = time.time()
+
+    def __enter__(self) -> "CampaignView":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def render(self) -> Any:
+        metric, mode = self.cfg.campaign_metric
+        try:
+            rows = trial_rows(self.campaign, metric, mode)
+        except Exception:  # a storage hiccup must never end the campaign's driver
+            rows = []
+        title = f"unet-dist tune · {self.campaign.uri} · {time.time() - self._t0:.0f}s"
+        return trials_table(rows, list(self.cfg.tune.search_space), metric, title=title)
+
+    def _loop(self) -> None:
+        from rich.live import Live
+
+        with Live(self.render(), console=self.console, refresh_per_second=1, transient=False) as live:
+            while not self._stop.wait(self.interval):
+                live.update(self.render())
+            live.update(self.render())
+
+
+def trials_table(rows: list[dict[str, Any]], keys: list[str], metric: str, title: str = "", limit: int | None = None) -> Any:
+    """The trials as a rich table: searched values, status, epochs, val IoU, best monitored metric, images/s."""
+    from rich.table import Table
+
+    from unet_dist.train.trainer import metric_label
+
+    t = Table(title=title or None)
+    t.add_column("trial")
+    for key in keys:
+        t.add_column(key.split(".", 1)[1])
+    for col in ("status", "epochs", "val IoU", f"best {metric_label(metric)}", "img/s"):
+        t.add_column(col, justify="right" if col != "status" else "left")
+    for r in rows[:limit]:
+        t.add_row(r["trial_id"], *(_fmt(r["params"].get(k)) for k in keys), str(r["status"]), str(r["epochs"]),
+                  _fmt(r["val_iou"]), _fmt(r["best_value"]), _fmt(r["images_per_s"], 1))
+    return t
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 else f"{v:.{digits}f}"
+    return str(v)
