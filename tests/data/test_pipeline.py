@@ -197,3 +197,11 @@ def _val_rows(manifest: dict) -> list[dict]:
 
     paths, fs = split_paths(manifest, "val")
     return [r for p in paths for r in pq.read_table(p, filesystem=fs).to_pylist()]
+
+
+@pytest.mark.parametrize("setting,crop,expected", [("auto", 256, 4), ("auto", 128, 16), ("auto", 1024, 1), (3, 256, 3)])
+def test_crops_per_image_auto_covers_the_mean_image_area(setting, crop: int, expected: int) -> None:
+    from unet_dist.data.pipeline import crops_per_image
+
+    manifest = {"splits": {"train": {"count": 24, "pixels": 24 * 512 * 512}}}
+    assert crops_per_image(DataConfig(num_crops_per_image=setting, crop_size=crop), manifest) == expected

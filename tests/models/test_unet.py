@@ -102,3 +102,17 @@ def test_scratch_width_follows_config() -> None:
     assert small.encoder.out_channels == [4, 8, 16, 32]
     assert big.encoder.out_channels == [16, 32, 64, 128, 256, 512]
     assert sum(p.numel() for p in big.parameters()) > 100 * sum(p.numel() for p in small.parameters())
+
+
+def test_channels_last_model_takes_its_input_in_its_own_memory_format() -> None:
+    """train.channels_last (default, CPU too): the model converts any input, so every caller runs the same kernels."""
+    torch.manual_seed(0)
+    model = create_unet(ModelConfig(base_filters=8, depth=3)).eval()
+    x = torch.randn(2, 1, 40, 48)
+    plain = model(x)
+    assert model.memory_format == torch.contiguous_format
+    model = model.to(memory_format=torch.channels_last)
+    assert model.memory_format == torch.channels_last
+    assert torch.equal(model(x), model(x.contiguous(memory_format=torch.channels_last)))
+    assert torch.allclose(model(x), plain, atol=1e-5)
+    assert set(model.state_dict()) == set(create_unet(ModelConfig(base_filters=8, depth=3)).state_dict())

@@ -66,7 +66,7 @@ def test_job_entrypoint_user_error_is_one_line_exit_2(tmp_path) -> None:
 def test_live_view_shows_progress_and_metrics(tmp_path) -> None:
     from rich.console import Console
 
-    from unet_dist.train.trainer import LiveView
+    from unet_dist.train.live import LiveView
 
     files = RunDir(resolve(str(tmp_path / "run")))
     for epoch, (iou, miou) in enumerate(((0.5, 0.6), (0.75, 0.55))):

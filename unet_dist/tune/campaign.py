@@ -9,7 +9,6 @@ campaign's ``tune/`` folder and is only what ``--resume`` restores.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from unet_dist.config import Config
 from unet_dist.errors import ConfigError, UserError
 from unet_dist.runs import TUNE_STATE_DIR, CampaignDir, finish_record, new_campaign_record, now_iso
 from unet_dist.storage import ray_storage, resolve
+from unet_dist.train.live import LiveTable
 from unet_dist.tune.schedulers import SCHEDULERS, SEARCHERS
 from unet_dist.tune.space import CheckedSpace, check_space
 
@@ -145,9 +145,18 @@ def close_after_tune(campaign: CampaignDir, grid: Any) -> None:
         record = run.read_record() or {}
         if record.get("status") == "running":
             err = errors.get(trial_id)
-            record = finish_record(run, "error" if err else "early_stopped", _one_line(err) if err else None)
+            status = "error" if err else "finished" if ran_to_the_end(record) else "early_stopped"
+            record = finish_record(run, status, _one_line(err) if err else None)
         if record.get("params") and record.get("status") != "invalid":
             write_hparams(run, record["params"], {**record.get("final_metrics", {}), "best": (record.get("best") or {}).get("value")})
+
+
+def ran_to_the_end(record: dict[str, Any]) -> bool:
+    """Whether a trial trained all its epochs or its whole time budget: the scheduler stops every trial at its last
+    report (max_t), before the trial can write ``finished`` itself."""
+    budget = record.get("time_budget_s")
+    return record.get("epochs", 0) >= record.get("epochs_planned", 0) or bool(
+        budget and record.get("train_time_s", 0.0) >= budget)
 
 
 def _trial_id(result: Any) -> str:
@@ -177,6 +186,7 @@ def _tuner(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: 
     storage_path, storage_fs = ray_storage(campaign.loc)
     state = f"{storage_path}/{TUNE_STATE_DIR}"
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # an invalid trial ends without a result
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, Tune's own reporter stays silent (we show the table)
     if resume and tune.Tuner.can_restore(state, storage_filesystem=storage_fs):
         return tune.Tuner.restore(state, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=storage_fs)
     metric, mode = cfg.campaign_metric
@@ -184,8 +194,8 @@ def _tuner(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: 
         trainable,
         param_space=checked.param_space(),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=SCHEDULERS.get(cfg.tune.scheduler)(cfg, campaign.uri),
-                                    search_alg=searcher, num_samples=cfg.tune.num_samples,
-                                    max_concurrent_trials=cfg.tune.max_concurrent_trials, time_budget_s=cfg.tune.time_budget_s,
+                                    search_alg=searcher, num_samples=cfg.tune.num_samples,  # concurrency: in the searcher
+                                    time_budget_s=cfg.tune.time_budget_s,
                                     trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=tune.RunConfig(name=TUNE_STATE_DIR, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
@@ -220,22 +230,12 @@ class _Null:
     def __exit__(self, *exc: Any) -> None: ...
 
 
-class CampaignView:
-    """A driver thread rendering the trials from storage (records and metrics) into a rich live table."""
+class CampaignView(LiveTable):
+    """The trials, read from storage (records and metrics) every few seconds, as a live table."""
 
     def __init__(self, campaign: CampaignDir, cfg: Config, console: Any, interval: float = 2.0) -> None:
-        self.campaign, self.cfg, self.console, self.interval = campaign, cfg, console, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="unet-dist-campaign", daemon=True)
-        self._t0 = time.time()
-
-    def __enter__(self) -> "CampaignView":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        super().__init__(console, interval, transient=True)
+        self.campaign, self.cfg = campaign, cfg
 
     def render(self) -> Any:
         metric, mode = self.cfg.campaign_metric
@@ -246,30 +246,23 @@ class CampaignView:
         title = f"unet-dist tune · {self.campaign.uri} · {time.time() - self._t0:.0f}s"
         return trials_table(rows, list(self.cfg.tune.search_space), metric, title=title)
 
-    def _loop(self) -> None:
-        from rich.live import Live
-
-        with Live(self.render(), console=self.console, refresh_per_second=1, transient=False) as live:
-            while not self._stop.wait(self.interval):
-                live.update(self.render())
-            live.update(self.render())
-
 
 def trials_table(rows: list[dict[str, Any]], keys: list[str], metric: str, title: str = "", limit: int | None = None) -> Any:
     """The trials as a rich table: searched values, status, epochs, val IoU, best monitored metric, images/s."""
+    from rich import box
     from rich.table import Table
 
-    from unet_dist.train.trainer import metric_label
+    from unet_dist.train.live import metric_label
 
-    t = Table(title=title or None)
-    t.add_column("trial")
+    t = Table(title=title or None, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    t.add_column("trial", no_wrap=True)
     for key in keys:
-        t.add_column(key.split(".", 1)[1])
-    for col in ("status", "epochs", "val IoU", f"best {metric_label(metric)}", "img/s"):
-        t.add_column(col, justify="right" if col != "status" else "left")
+        t.add_column(key.split(".", 1)[1], no_wrap=True)
+    for col in ("status", "epochs", "val IoU", f"best {metric_label(metric).removeprefix('val ')}", "img/s"):
+        t.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     for r in rows[:limit]:
-        t.add_row(r["trial_id"], *(_fmt(r["params"].get(k)) for k in keys), str(r["status"]), str(r["epochs"]),
-                  _fmt(r["val_iou"]), _fmt(r["best_value"]), _fmt(r["images_per_s"], 1))
+        t.add_row(r["trial_id"].rsplit("_", 1)[-1], *(_fmt(r["params"].get(k)) for k in keys), str(r["status"]),
+                  str(r["epochs"]), _fmt(r["val_iou"]), _fmt(r["best_value"]), _fmt(r["images_per_s"], 1))
     return t
 
 
