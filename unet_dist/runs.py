@@ -109,8 +109,10 @@ def scalar_metrics(row: dict[str, Any]) -> dict[str, int | float]:
     return {k: v for k, v in row.items() if isinstance(v, (int, float))}
 
 
-class RunDir:
-    """One run directory: its JSON-lines files, checkpoints and run record (read-modify-write: S3 has no append)."""
+class RecordFolder:
+    """A folder on storage with a JSON record file (``RECORD``), rewritten whole on update (S3 has no append)."""
+
+    RECORD = RUN_RECORD
 
     def __init__(self, loc: Location) -> None:
         self.loc = loc
@@ -118,6 +120,22 @@ class RunDir:
     @property
     def uri(self) -> str:
         return self.loc.uri
+
+    def read_record(self) -> dict[str, Any] | None:
+        loc = self.loc / self.RECORD
+        return json.loads(loc.read_text()) if loc.exists() else None
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        (self.loc / self.RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+    def update_record(self, **fields: Any) -> dict[str, Any]:
+        record = {**(self.read_record() or {}), **fields, "updated_at": now_iso()}
+        self.write_record(record)
+        return record
+
+
+class RunDir(RecordFolder):
+    """One run directory: its JSON-lines files, checkpoints and run record (``run.json``)."""
 
     def read_lines(self, name: str) -> list[dict[str, Any]]:
         loc = self.loc / name
@@ -163,17 +181,6 @@ class RunDir:
     def best(self, metric: str, mode: str, rows: list[dict[str, Any]] | None = None) -> Best | None:
         return pick_best(self.metrics() if rows is None else rows, self.checkpoints(), metric, mode)
 
-    def read_record(self) -> dict[str, Any] | None:
-        loc = self.loc / RUN_RECORD
-        return json.loads(loc.read_text()) if loc.exists() else None
-
-    def write_record(self, record: dict[str, Any]) -> None:
-        (self.loc / RUN_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-    def update_record(self, **fields: Any) -> dict[str, Any]:
-        record = {**(self.read_record() or {}), **fields, "updated_at": now_iso()}
-        self.write_record(record)
-        return record
 
 
 def new_record(cfg: Config, name: str, uri: str, dataset: dict[str, Any], code_version: str) -> dict[str, Any]:
@@ -210,37 +217,13 @@ def finish_record(run: RunDir, status: Status, error: str | None = None, **extra
     return run.update_record(status=status, error=error, ended_at=now_iso(), **progress_fields(rows, best), **extra)
 
 
-def read_json(loc: Location) -> dict[str, Any] | None:
-    return json.loads(loc.read_text()) if loc.exists() else None
+class CampaignDir(RecordFolder):
+    """One campaign directory: its record (``campaign.json``), one :class:`RunDir` per trial, Ray Tune's state."""
 
-
-class CampaignDir:
-    """One campaign directory: its record, one :class:`RunDir` per trial, and Ray Tune's state folder."""
-
-    def __init__(self, loc: Location) -> None:
-        self.loc = loc
-
-    @property
-    def uri(self) -> str:
-        return self.loc.uri
-
-    @property
-    def tune_state(self) -> Location:
-        return self.loc / TUNE_STATE_DIR
+    RECORD = CAMPAIGN_RECORD
 
     def exists(self) -> bool:
         return (self.loc / CAMPAIGN_RECORD).exists()
-
-    def read_record(self) -> dict[str, Any] | None:
-        return read_json(self.loc / CAMPAIGN_RECORD)
-
-    def write_record(self, record: dict[str, Any]) -> None:
-        (self.loc / CAMPAIGN_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-    def update_record(self, **fields: Any) -> dict[str, Any]:
-        record = {**(self.read_record() or {}), **fields, "updated_at": now_iso()}
-        self.write_record(record)
-        return record
 
     def trial(self, trial_id: str) -> RunDir:
         return RunDir(self.loc / TRIALS_DIR / trial_id)

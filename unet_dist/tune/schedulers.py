@@ -102,7 +102,7 @@ SEARCHERS.add("grid", _random)
 def _optuna(cfg: Config) -> Any:
     try:
         from ray.tune.search.optuna import OptunaSearch
-        import optuna  # noqa: F401
+        import optuna  # noqa: F401  (OptunaSearch imports it lazily; fail here, with the message below)
     except ImportError:
         raise ConfigError("tune.search=optuna needs optuna: pip install optuna (or use tune.search=random)") from None
     from ray.tune.search import ConcurrencyLimiter
