@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/cpu_levers.py
 	$(PY) bench/quality.py
 	$(PY) bench/asha.py
+	$(PY) bench/collect.py
 
 clean:
 	rm -rf runs demo-runs .pytest_cache
