@@ -3,7 +3,8 @@
 ``model.weights`` is either a torchvision weights name ("DEFAULT", "IMAGENET1K_V1",
 "ResNet34_Weights.IMAGENET1K_V1"), resolved through torchvision's weights enums and downloaded
 only when a model is built with it, or the URI of a ``torch.save``d state dict: an encoder's,
-a full torchvision model's (classifier/fc keys are ignored) or a whole U-Net's (``encoder.*``).
+a full torchvision model's (classifier/fc keys are ignored) or a whole U-Net's (``encoder.*``),
+including any checkpoint reference (``RUN/epoch_NNNN``, an exported model folder, ``STORE/champion``).
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ import torch
 from torchvision.models import WeightsEnum, get_model_weights, get_weight
 
 from unet_dist.config import ModelConfig, StorageConfig
-from unet_dist.errors import ConfigError, StorageError
+from unet_dist.errors import ConfigError, UserError
 from unet_dist.models.blocks import Encoder
-from unet_dist.storage import resolve
 
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
 
 
 def is_weights_file(ref: str) -> bool:
-    """A URI, a path with a separator or a torch file suffix, or an existing local file."""
-    return "://" in ref or "/" in ref or os.sep in ref or ref.endswith(_FILE_SUFFIXES) or Path(ref).is_file()
+    """A URI, a path with a separator or a torch file suffix, or an existing local file or folder."""
+    return "://" in ref or "/" in ref or os.sep in ref or ref.endswith(_FILE_SUFFIXES) or Path(ref).exists()
 
 
 def torchvision_weights(model_name: str, name: str) -> WeightsEnum:
@@ -68,10 +68,13 @@ def safe_load(data: bytes, map_location: str = "cpu") -> Any:
 
 
 def read_state_dict(uri: str, storage: StorageConfig | None = None) -> dict[str, torch.Tensor]:
-    """Load a state dict from a local path or s3:// URI (``weights_only=True``), unwrapping {"model": ...}."""
+    """Load a state dict from a local path or s3:// URI (``weights_only=True``), unwrapping {"model": ...}; folders
+    resolve as checkpoint references do (:func:`unet_dist.train.checkpoint.state_location`)."""
+    from unet_dist.train.checkpoint import state_location
+
     try:
-        data = resolve(uri, storage).read_bytes()
-    except StorageError as err:
+        data = state_location(uri, storage).read_bytes()
+    except UserError as err:
         raise ConfigError(f"model.weights: cannot read weights file {uri!r}: {err}") from None
     try:
         obj: Any = safe_load(data)

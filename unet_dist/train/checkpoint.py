@@ -5,12 +5,19 @@ optimizer, scheduler, scaler, epoch, config, dataset fingerprint, metrics, and t
 what a model needs to run on new images without the dataset) and, written last, ``COMPLETE``: a JSON list
 of file sizes. A folder whose sizes do not match its marker (an upload cut short) is never resumed from.
 Everything loads with ``torch.load(weights_only=True)``.
+
+A checkpoint *reference* (what ``evaluate``, ``predict``, ``train.resume_from`` and ``model.weights`` accept) is
+any of: a state file of any name, a checkpoint folder (``RUN/epoch_NNNN``), an exported model folder
+(``STORE/<model>/``: ``state.pt``, ``COMPLETE``, ``model.json``) or a model-store alias (``STORE/champion/``, whose
+``alias.json`` names a model folder beside it). :func:`state_location` turns a reference into its state file by
+reading only JSON; nothing is unpickled or executed on the way.
 """
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,7 @@ import torch
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
 from unet_dist.models.weights import safe_load
-from unet_dist.runs import MARKER_FILE, STATE_FILE, marker_text
+from unet_dist.runs import MARKER_FILE, STATE_FILE, is_complete, marker_text
 from unet_dist.storage import Location, resolve
 
 
@@ -36,21 +43,72 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     return d
 
 
+MODEL_CARD = "model.json"
+"""An exported model folder's card (written last by ``unet-dist export``)."""
+ALIAS_FILE = "alias.json"
+"""A model-store alias folder's file: ``{"model": "<folder name beside the alias>"}``."""
+CHAMPION = "champion"
+"""The alias ``unet-dist export`` points at its best model."""
+_MAX_ALIAS_HOPS = 4
+
+
 def state_location(uri: str | Location, storage: StorageConfig | None = None) -> Location:
-    """The state file of a checkpoint: ``uri`` itself when it is a file (any name), else ``uri/state.pt``."""
+    """The state file a checkpoint reference names: ``uri`` itself when it is a file (any name); for a folder, the
+    model an ``alias.json`` in it names (followed), else ``uri/state.pt``.
+
+    A folder whose ``COMPLETE`` marker does not match its files, or an exported model folder without its card
+    (an export cut short), is refused with :class:`CheckpointError`.
+    """
     loc = resolve(uri, storage)
-    return loc / STATE_FILE if loc.isdir() else loc
+    for _ in range(_MAX_ALIAS_HOPS):
+        if not loc.isdir():
+            return loc
+        alias = loc / ALIAS_FILE
+        if not alias.exists():
+            _check_folder(loc)
+            return loc / STATE_FILE
+        loc = _alias_target(loc, alias)
+    raise CheckpointError(f"{resolve(uri, storage).uri}: more than {_MAX_ALIAS_HOPS} aliases in a row; fix {ALIAS_FILE}")
+
+
+def _alias_target(folder: Location, alias: Location) -> Location:
+    """The model folder an alias names: a sibling folder, by plain name (so a store can be moved or synced whole)."""
+    try:
+        name = json.loads(alias.read_text())["model"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{alias.uri} is not a model alias (expected {{\"model\": NAME}})") from None
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise CheckpointError(f"{alias.uri}: model {name!r} is not a folder name in the same store")
+    target = folder.parent / name
+    if not target.isdir():
+        raise CheckpointError(f"{folder.uri} names model {name!r}, which is not in the store ({target.uri} is missing)")
+    if not (target / MODEL_CARD).exists():
+        raise CheckpointError(f"{folder.uri} names model {name!r}, whose export did not finish (no {MODEL_CARD}): "
+                              "export it again")
+    return target
+
+
+def _check_folder(loc: Location) -> None:
+    """Refuse a checkpoint folder cut short: marker sizes that do not match, or a model folder without its card."""
+    marker, card = (loc / MARKER_FILE).exists(), (loc / MODEL_CARD).exists()
+    if marker and not is_complete(loc):
+        raise CheckpointError(f"checkpoint {loc.uri} is truncated or corrupt: its files do not match the sizes in "
+                              f"{MARKER_FILE} (a copy or upload cut short); use another checkpoint of the run")
+    if card and not marker:
+        raise CheckpointError(f"model folder {loc.uri} is incomplete (no {MARKER_FILE}): export it again")
 
 
 def load_checkpoint(uri: str | Path | Location, storage: StorageConfig | None = None, map_location: str = "cpu") -> dict[str, Any]:
-    """Load a checkpoint folder or state file from a local path or ``s3://`` URI, safely (``weights_only=True``).
+    """Load a checkpoint reference (see :func:`state_location`) from a local path or ``s3://`` URI, safely
+    (``weights_only=True``).
 
     Raises :class:`CheckpointError` (one line: which file and why) for a missing, truncated, foreign or
     unsafe file; nothing in the file is executed.
     """
     loc = state_location(uri if isinstance(uri, Location) else str(uri), storage)
     if not loc.exists():
-        raise CheckpointError(f"no checkpoint at {loc.uri}: pass a checkpoint folder (RUN/epoch_NNNN) or its {STATE_FILE}")
+        raise CheckpointError(f"no checkpoint at {loc.uri}: pass a checkpoint folder (RUN/epoch_NNNN), its {STATE_FILE}, "
+                              f"an exported model folder or STORE/{CHAMPION}")
     try:
         state = safe_load(loc.read_bytes(), map_location)
     except StorageError:
