@@ -38,6 +38,31 @@ class LoadedModel:
 
         return to_model_input(image, self.in_channels, self.image_stats)
 
+    @property
+    def pad_multiple(self) -> int:
+        """Inputs are padded (bottom/right, with 0 after normalisation) to a multiple of this, as in validation."""
+        return int(self.state["inference"].get("pad_multiple", 1))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> "LoadedModel":
+        """Move the model (keeping its memory format) to ``device``; returns self."""
+        fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        self.model.to(device=torch.device(device), memory_format=fmt)
+        return self
+
+    @torch.no_grad()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Float logits ``N x K x H x W`` (on the model's device) for normalised ``N x C x H x W`` inputs of any size:
+        padded to :attr:`pad_multiple` as validation pads them, and cropped back."""
+        from unet_dist.data.pipeline import pad_to, padded_shape
+
+        h, w = batch.shape[-2:]
+        x = pad_to(batch.to(self.device), *padded_shape(h, w, self.pad_multiple), 0.0)
+        return self.model(x).float()[..., :h, :w]
+
     @torch.no_grad()
     def predict(self, image: np.ndarray | str | os.PathLike[str]) -> torch.Tensor:
         """Class ids (``H x W`` int64) for one image array or image file."""
@@ -45,13 +70,7 @@ class LoadedModel:
         from unet_dist.train.metrics import predict_labels
 
         pixels = decode_image(image) if not isinstance(image, np.ndarray) else image
-        from unet_dist.data.pipeline import pad_to, padded_shape
-
-        x = self.preprocess(pixels)
-        h, w = x.shape[-2:]
-        x = pad_to(x, *padded_shape(h, w, int(self.state["inference"].get("pad_multiple", 1))), 0.0)
-        logits = self.model(x.unsqueeze(0)).float()
-        return predict_labels(logits)[0, :h, :w]
+        return predict_labels(self.logits(self.preprocess(pixels).unsqueeze(0)))[0]
 
 
 def checkpoint_config(state: dict[str, Any], storage: StorageConfig | None = None) -> Config:
