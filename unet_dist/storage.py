@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
+import logging
 import os
 import posixpath
+import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,7 @@ from urllib.parse import urlparse
 
 import fsspec
 import pyarrow.fs as pafs
+from pyarrow import PythonFile
 from pydantic import SecretStr
 
 from unet_dist.config import StorageConfig
@@ -34,6 +39,12 @@ _S3_ERRORS = {
     "403": "S3 denied access to {uri}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy",
     "404": "bucket {bucket!r} does not exist: create it or fix the URI",
 }
+_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
+                    "ThrottlingException", "RequestLimitExceeded", "500", "502", "503", "504"}
+_MAX_BACKOFF_S = 10.0
+_answered: set[str] = set()
+"""Endpoints that answered in this process: only these get connection errors retried (a wrong endpoint fails at once)."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,9 +62,9 @@ class Location:
 
     @property
     def arrow(self) -> pafs.FileSystem:
-        """A pyarrow view of the same filesystem (Parquet datasets, Ray storage_filesystem)."""
+        """A pyarrow view of the same filesystem (Parquet datasets, Ray storage_filesystem), retrying like :func:`_call`."""
         if self.is_s3:
-            return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+            return pafs.PyFileSystem(RetryingHandler(self))
         return pafs.LocalFileSystem()
 
     def join(self, *parts: str) -> "Location":
@@ -78,6 +89,9 @@ class Location:
 
     def isdir(self) -> bool:
         return _call(self, self.fs.isdir, self.path)
+
+    def size(self) -> int:
+        return _call(self, self.fs.size, self.path)
 
     def read_bytes(self) -> bytes:
         if not self.exists():
@@ -109,7 +123,7 @@ class Location:
         """Direct children, sorted by name; empty if the location does not exist."""
         if not self.exists():
             return []
-        entries = _call(self, self.fs.ls, self.path, detail=False)
+        entries = _call(self, self.fs.ls, self.path, detail=False, **({"refresh": True} if self.is_s3 else {}))
         names = sorted({posixpath.basename(str(e).rstrip("/")) for e in entries})
         return [self.join(n) for n in names if n]
 
@@ -133,6 +147,9 @@ def _join_uri(uri: str, rel: str) -> str:
         return uri
     return uri.rstrip("/") + "/" + rel.lstrip("/")
 
+
+S3_CONNECTIONS = 64
+"""Concurrent connections per S3 client (botocore's default is 10): many small GETs (the collector) are latency-bound."""
 
 _ENV_FALLBACK: dict[str, tuple[str, ...]] = {
     "access_key_id": ("AWS_ACCESS_KEY_ID",),
@@ -162,8 +179,7 @@ def s3_options(storage: StorageConfig | None = None) -> dict[str, Any]:
     if endpoint:
         opts["endpoint_url"] = endpoint
     region = _setting(storage, "region")
-    if region:
-        opts.setdefault("config_kwargs", {})["region_name"] = region
+    opts["config_kwargs"] = {"max_pool_connections": S3_CONNECTIONS, **({"region_name": region} if region else {})}
     opts["skip_instance_cache"] = True
     return opts
 
@@ -201,9 +217,10 @@ def resolve(uri: str | os.PathLike[str] | Location, storage: StorageConfig | Non
 
 
 def _call(loc: Location, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a filesystem call, turning S3 permission/bucket/connection failures into a clear StorageError."""
+    """Run a filesystem call through S3 outages (:func:`retrying`), turning permission/bucket/connection failures
+    into a clear StorageError."""
     try:
-        return fn(*args, **kwargs)
+        return retrying(loc, fn, *args, **kwargs)
     except StorageError:
         raise
     except FileNotFoundError as err:
@@ -212,6 +229,120 @@ def _call(loc: Location, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise StorageError(f"{loc.uri}: not found ({err.args[0] if err.args else err})") from None
     except Exception as err:  # botocore / aiohttp errors carry no common base worth importing
         raise _translate(loc, err) from None
+
+
+def retrying(loc: Location, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, retried with exponential backoff while S3 fails transiently (connection lost, timeout,
+    5xx, SlowDown) for up to ``storage.retry_s`` seconds; then a StorageError. Other errors pass through at once."""
+    if not loc.is_s3:
+        return fn(*args, **kwargs)
+    endpoint = str(s3_options(loc.storage).get("endpoint_url", "the default AWS endpoint"))
+    budget = (loc.storage or StorageConfig()).retry_s
+    start, delay, retries = time.monotonic(), 0.5, 0
+    while True:
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as err:
+            waited = time.monotonic() - start
+            if not _transient(err, endpoint in _answered):
+                raise
+            if waited >= budget:
+                raise StorageError(f"S3 at {endpoint} did not answer for {waited:.0f} s on {loc.uri} ({type(err).__name__}, "
+                                   f"{retries + 1} attempts, storage.retry_s={budget:g}): check the storage service and "
+                                   "network, or raise storage.retry_s") from None
+            if retries == 0:
+                log.warning("S3 at %s failed (%s) on %s; retrying for up to %g s (storage.retry_s)",
+                            endpoint, type(err).__name__, loc.uri, budget)
+            retries += 1
+            time.sleep(min(delay, budget - waited))
+            delay = min(2 * delay, _MAX_BACKOFF_S)
+            continue
+        _answered.add(endpoint)
+        if retries:
+            log.warning("S3 at %s answered again after %.1f s (%d retries) on %s", endpoint,
+                        time.monotonic() - start, retries, loc.uri)
+        return result
+
+
+def _transient(err: BaseException, answered: bool) -> bool:
+    """Whether a retry may succeed: an S3 throttle/5xx code, or (for an endpoint that answered before) a lost
+    connection or timeout. Never a missing object/bucket, a refusal or a credential error."""
+    if isinstance(err, (FileNotFoundError, PermissionError, StorageError)):
+        return False
+    code = _s3_code(err)
+    if code is not None:
+        return code in _TRANSIENT_CODES
+    network = (*_types("botocore.exceptions", "ConnectionError", "HTTPClientError"),
+               *_types("aiohttp", "ClientConnectionError", "ClientPayloadError"),
+               *_types("fsspec.exceptions", "FSTimeoutError"), ConnectionError, TimeoutError)
+    return answered and _is(err, network) and not _is(err, _types("botocore.exceptions", "NoCredentialsError"))
+
+
+class RetryingHandler(pafs.FSSpecHandler):
+    """pyarrow's view of an S3 :class:`Location` (what Ray Train and Parquet use) whose calls ride out outages like
+    :func:`_call`; written files reach S3 whole on close (staged locally, then uploaded with retries)."""
+
+    def __init__(self, loc: Location) -> None:
+        super().__init__(loc.fs)
+        self.loc = loc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return RetryingHandler, (self.loc,)
+
+    def _retry(self, name: str, *args: Any) -> Any:
+        return retrying(self.loc, getattr(super(), name), *args)
+
+    def get_file_info(self, paths: Any) -> Any:
+        return self._retry("get_file_info", paths)
+
+    def get_file_info_selector(self, selector: Any) -> Any:
+        return self._retry("get_file_info_selector", selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self._retry("create_dir", path, recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self._retry("delete_dir", path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self._retry("delete_dir_contents", path, missing_dir_ok)
+
+    def delete_file(self, path: str) -> None:
+        self._retry("delete_file", path)
+
+    def move(self, src: str, dest: str) -> None:
+        self._retry("move", src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self._retry("copy_file", src, dest)
+
+    def open_input_stream(self, path: str) -> Any:
+        return self._retry("open_input_stream", path)
+
+    def open_input_file(self, path: str) -> Any:
+        return self._retry("open_input_file", path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> Any:
+        return PythonFile(_UploadOnClose(self.loc, path), mode="w")
+
+
+class _UploadOnClose(io.FileIO):
+    """A local temp file that becomes the object ``path`` on close, uploaded with retries: S3 gets the whole file or
+    nothing, and a failed upload raises (pyarrow's streamed S3 writes can fail silently, e.g. in ``copy_files``)."""
+
+    def __init__(self, loc: Location, path: str) -> None:
+        fd, self._tmp = tempfile.mkstemp(prefix="unet-dist-upload-")
+        super().__init__(fd, "wb")
+        self._loc, self._path = loc, path
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        try:
+            retrying(self._loc, self._loc.fs.put_file, self._tmp, self._path)
+        finally:
+            os.unlink(self._tmp)
 
 
 def _bucket_missing(loc: Location) -> bool:

@@ -9,6 +9,7 @@ TensorBoard, the run record and the checkpoint folder) and :meth:`Recorder.close
 from __future__ import annotations
 
 import math
+import posixpath
 import shutil
 import tempfile
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from unet_dist.config import Config
-from unet_dist.runs import EVENTS_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, progress_fields, scalar_metrics
+from unet_dist.runs import EVENTS_FILE, MARKER_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, progress_fields, scalar_metrics
 from unet_dist.storage import Location
 from unet_dist.train import checkpoint as ckpt
 
@@ -71,6 +72,21 @@ class Recorder(NullRecorder):
         tmp = tempfile.mkdtemp(prefix="unet-ckpt-")
         ckpt.save_checkpoint(tmp, {**state, **self.extra_state, "config": self.cfg.to_dict(), "metrics": scalar_metrics(row)})
         return tmp
+
+    def upload_checkpoint(self, checkpoint: Any, dir_name: str) -> Any:
+        """Ray Train's ``checkpoint_upload_fn``: the folder goes to storage through :mod:`unet_dist.storage` (retried
+        through outages), the old marker removed first and the new one written last, so a cut upload is never
+        counted; a failed upload raises (Ray's own pyarrow copy can drop it without an error)."""
+        import ray.train
+
+        dest = self.run.loc / dir_name
+        (dest / MARKER_FILE).rm(recursive=False)
+        files = sorted(Path(checkpoint.path).rglob("*"), key=lambda f: f.name == MARKER_FILE)
+        for f in files:
+            if f.is_file():
+                (dest / str(f.relative_to(checkpoint.path))).write_bytes(f.read_bytes())
+        storage = ray.train.get_context().get_storage()
+        return ray.train.Checkpoint(posixpath.join(storage.experiment_fs_path, dir_name), filesystem=storage.storage_filesystem)
 
     def after_report(self) -> None:
         """Once Ray has the epoch's checkpoint on storage: bring the run record up to date."""

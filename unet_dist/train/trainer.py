@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from unet_dist.config import Config
-from unet_dist.errors import ConfigError, DataError, UserError
-from unet_dist.runs import METRICS_FILE, TENSORBOARD_DIR, RunDir, finish_record, new_record
+from unet_dist.errors import ConfigError, DataError, StorageError, UserError
+from unet_dist.runs import METRICS_FILE, TENSORBOARD_DIR, RunDir, Status, finish_record, new_record
 from unet_dist.storage import Location, check_writable, ray_storage, resolve, with_env_settings
 from unet_dist.train.live import LiveView
 from unet_dist.train.loop import FAULT_ENV, train_loop_per_worker
@@ -167,7 +167,12 @@ def inference_block(cfg: Config, spec: Any, class_names: list[str], manifest: di
 
 
 class NotRetryable(Exception):
-    """A worker raised an error a retry cannot fix; raised in Ray Train's controller so the run ends at once."""
+    """A worker raised an error a retry cannot fix; raised in Ray Train's controller so the run ends at once.
+    ``storage``: the error was storage failing (an outage longer than ``storage.retry_s``)."""
+
+    def __init__(self, message: str, storage: bool = False) -> None:
+        super().__init__(message)
+        self.storage = storage
 
 
 def stop_on_user_errors() -> Any:
@@ -180,7 +185,7 @@ def stop_on_user_errors() -> Any:
             for rank, err in sorted(worker_exceptions.items()):
                 base = getattr(err, "_base_exc", err)
                 if isinstance(base, UserError):
-                    raise NotRetryable(f"rank {rank}: {type(base).__name__}: {base}")
+                    raise NotRetryable(f"rank {rank}: {type(base).__name__}: {base}", storage=isinstance(base, StorageError))
 
     return StopOnUserErrors()
 
@@ -265,13 +270,17 @@ def _run(trainer: Any, run: RunDir, cfg: Config, name: str, console: Any) -> Non
         with view or contextlib.nullcontext():
             result = fit_off_main_thread(trainer)
     except KeyboardInterrupt:
-        finish_record(run, "stopped", "interrupted by the user (Ctrl-C)")
+        close_record(run, "stopped", "interrupted by the user (Ctrl-C)")
         raise RunInterrupted(f"run {run.uri} interrupted (Ctrl-C); its checkpoints are kept. Resume it with: "
                              f"unet-dist train --data {cfg.data.dataset} --storage {cfg.storage.uri} --name {name} "
                              "(plus the same --config/--set options)") from None
     except ray.train.TrainingFailedError as err:
         cause = failure_cause(err)
-        finish_record(run, "failed", cause)
+        closed = close_record(run, "failed", cause)
+        if storage_failure(err):
+            raise StorageError(f"training run {run.uri} stopped: {cause}" + ("" if closed else " (its run.json could not be "
+                               "updated either)") + f"; once storage answers, re-run with --name {name} (--set "
+                               f"train.name={name}) to resume from its newest complete checkpoint") from None
         raise TrainingFailed(f"training run {run.uri} failed: {cause} (after up to {cfg.train.max_failures} worker-group "
                              f"restarts, train.max_failures); fix the cause and re-run with --name {name} "
                              f"(--set train.name={name}) to resume from its newest checkpoint") from err
@@ -280,6 +289,21 @@ def _run(trainer: Any, run: RunDir, cfg: Config, name: str, console: Any) -> Non
         finish_record(run, "failed", cause)
         raise TrainingFailed(f"training run {run.uri} failed: {cause}") from result.error
     finish_record(run, "finished")
+
+
+def close_record(run: RunDir, status: Status, error: str | None = None) -> bool:
+    """Close the run record; False when storage is down (the failure being reported may be that outage)."""
+    try:
+        finish_record(run, status, error)
+    except StorageError:
+        return False
+    return True
+
+
+def storage_failure(err: BaseException) -> bool:
+    """Whether Ray Train's failure error is storage failing past its retries (on a worker or in the controller)."""
+    controller = getattr(err, "controller_failure", None)
+    return isinstance(controller, StorageError) or bool(getattr(controller, "storage", False))
 
 
 def fit_off_main_thread(trainer: Any) -> Any:
