@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.common import attached, check_job_paths, run_job, run_paths  # noqa: E402
 from unet_dist.config import load_config  # noqa: E402
-from unet_dist.errors import UserError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,16 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="Override a config key, e.g. train.epochs=5.")
     p.add_argument("--no-progress", action="store_true", help="No live view (logs only).")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> str:
         cfg = load_config(args.config, args.overrides)
+        check_job_paths(run_paths(cfg))
         from unet_dist.train import fit  # after the config: a config error needs neither torch's training stack nor Ray
 
-        summary = fit(cfg, progress=not args.no_progress)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    print(summary.to_json())
-    return 0
+        with attached(cfg):
+            return fit(cfg, progress=not args.no_progress).to_json()
+
+    return run_job(body)
 
 
 if __name__ == "__main__":
