@@ -65,7 +65,7 @@ def is_complete(loc: Location) -> bool:
         if not marker.exists():
             return False
         files = json.loads(marker.read_text())["files"]
-        return all(loc.fs.size((loc / name).path) == size for name, size in files.items())
+        return all((loc / name).size() == size for name, size in files.items())
     except (StorageError, OSError, ValueError, KeyError):
         return False
 
@@ -107,6 +107,12 @@ def pick_best(rows: Iterable[dict[str, Any]], checkpoints: dict[int, Location], 
 def scalar_metrics(row: dict[str, Any]) -> dict[str, int | float]:
     """The numeric fields of a metrics row: what Ray Train reports and checkpoints and summaries carry."""
     return {k: v for k, v in row.items() if isinstance(v, (int, float))}
+
+
+def best_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """The best epoch's metrics a leaderboard row needs (scalars and per-class IoU/Dice, no confusion matrix), so the
+    collector ranks a run from its record alone."""
+    return {**scalar_metrics(row), **{k: v for k, v in row.items() if k.startswith("val_per_class_")}}
 
 
 class RecordFolder:
@@ -204,6 +210,7 @@ def progress_fields(rows: list[dict[str, Any]], best: Best | None) -> dict[str, 
         "best_val_iou": None if best is None else best.row.get("val_iou"),
         "best_epoch": None if best is None else best.epoch,
         "best_checkpoint": None if best is None else best.checkpoint,
+        "best_metrics": {} if best is None else best_metrics(best.row),
         "final_metrics": scalar_metrics(rows[-1]) if rows else {},
         "train_time_s": rows[-1].get("train_time_s", 0.0) if rows else 0.0,
     }

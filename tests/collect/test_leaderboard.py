@@ -213,23 +213,32 @@ def test_rerun_reads_only_what_changed_local(local_copy: Path) -> None:
     (run / "run.json").write_text(json.dumps({**record, "status": "error", "error": "killed\ntraceback"}))
     _OPENS.clear()
     changed = collect(local_copy)
-    assert sorted(_OPENS) == sorted([str(run / "run.json"), str(run / "metrics.jsonl")])
+    assert _OPENS == [str(run / "run.json")]  # its record holds the best epoch's metrics: metrics.jsonl stays unread
     assert changed.stats["read"] == 1 and changed.counts.get("error") == 1
     assert {r["trial"]: r["error"] for r in changed.rows}[run.name] == "killed"
 
+    older = _trials(local_copy)[1]  # a record written before best_metrics existed: its metrics.jsonl is read too
+    record = json.loads((older / "run.json").read_text())
+    (older / "run.json").write_text(json.dumps({k: v for k, v in record.items() if k != "best_metrics"}))
+    _OPENS.clear()
+    old_style = collect(local_copy)
+    assert sorted(_OPENS) == sorted([str(older / "run.json"), str(older / "metrics.jsonl")])
+    assert old_style.rows == changed.rows
+
 
 def test_rerun_requests_on_s3(s3_copy: Location) -> None:
-    """Budget 5 s. Fresh: one listing + ≤ 2 GETs per run; re-run: the listing and the index only; one change: + 2 GETs."""
+    """Budget 5 s. Fresh: one listing + 1 GET per run (run.json); re-run: the listing and the index only; one change:
+    + 1 GET."""
     calls = _counting(s3_copy)
     first = collect(s3_copy)
-    assert calls["GetObject"] <= 2 * 5 and calls["ListObjectsV2"] == 1 and calls["PutObject"] == 2
+    assert calls["GetObject"] == 5 and calls["ListObjectsV2"] == 1 and calls["PutObject"] == 2
     assert sum(calls.values()) == first.stats["requests"] and "HeadObject" not in calls
     calls.clear()
     again = collect(s3_copy)
     assert dict(calls) == {"ListObjectsV2": 1, "GetObject": 1} and again.rows == first.rows
     fs = s3_copy.fs
     trial = sorted(fs.ls(f"{s3_copy.path}/bxu/trials"))[1]
-    gets = 1 + 1 + fs.exists(f"{trial}/metrics.jsonl")  # the index, run.json and (if the trial has one) metrics.jsonl
+    gets = 1 + 1  # the index and run.json (it holds the best epoch's metrics)
     record = json.loads(fs.cat_file(f"{trial}/run.json"))
     fs.pipe_file(f"{trial}/run.json", json.dumps({**record, "status": "running"}).encode())
     calls.clear()
