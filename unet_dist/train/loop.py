@@ -25,7 +25,7 @@ from unet_dist.errors import DataError
 from unet_dist.runs import RunDir, checkpoint_dir_name, checkpoint_epoch, is_complete, scalar_metrics
 from unet_dist.storage import Location, resolve
 from unet_dist.train.losses import remap_ignore
-from unet_dist.train.metrics import EpochMeter, predict_labels
+from unet_dist.train.metrics import EpochMeter, confusion_matrix, predict_labels
 from unet_dist.train.optim import seek_epoch, seek_fraction, steps_per_epoch
 from unet_dist.train.recorder import NullRecorder, Recorder
 from unet_dist.train.session import quiet_ray_logs
@@ -157,6 +157,16 @@ def _agree(value: Any, distributed: bool) -> Any:
     return box[0]
 
 
+def _slowest(seconds: float, distributed: bool) -> float:
+    """The longest of the ranks' times: the clock that ended a budgeted pass (any rank out of time stops all), and
+    one train time on every rank, so every rank agrees whether the budget is spent."""
+    if not distributed:
+        return seconds
+    t = torch.tensor([seconds], dtype=torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t[0])
+
+
 def _worker_nodes(distributed: bool) -> list[str]:
     """Every rank's Ray node id (rank order), so a run records where its workers were placed."""
     import ray
@@ -226,7 +236,7 @@ def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any]
         seek_epoch(state.scheduler, epoch, spe, cfg.train)
     t0 = time.perf_counter()
     train_m, out_of_time = train_epoch(w, cfg, state, shards[0], spec, recorder, epoch, spe, t0)
-    train_time = time.perf_counter() - t0
+    train_time = _slowest(time.perf_counter() - t0, w.distributed)
     state.train_time_s += train_time
     if w.distributed:
         sync_buffers(state.core)
@@ -237,7 +247,8 @@ def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any]
            "train_time_s": state.train_time_s}
     local = recorder.on_epoch_end(row, shown, state.snapshot(epoch)) if w.rank == 0 else None
     checkpoint = Checkpoint.from_directory(local) if local else None
-    ray.train.report({**scalar_metrics(row), "epochs_done": epoch + 1}, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch))
+    ray.train.report({**scalar_metrics(row), "epochs_done": epoch + 1}, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch),
+                     checkpoint_upload_fn=recorder.upload_checkpoint if local else None)
     if local:
         shutil.rmtree(local, ignore_errors=True)
         recorder.after_report()
@@ -338,10 +349,12 @@ def sync_buffers(model: torch.nn.Module) -> None:
 @torch.no_grad()
 def validate(model: torch.nn.Module, batches: Any, loss_fn: torch.nn.Module, cfg: Config, device: torch.device,
              class_names: list[str] | None, autocast: Any = contextlib.nullcontext,
-             n_images: int = 0) -> tuple[dict[str, Any], list[torch.Tensor]]:
+             n_images: int = 0, per_image: list[tuple[Any, torch.Tensor]] | None = None
+             ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """Metrics of ``model`` over ``batches`` (all-reduced under DDP) and up to ``n_images`` overlays.
 
-    The one evaluation pass: the training loop's per-epoch validation and ``unet-dist evaluate``.
+    The one evaluation pass: the training loop's per-epoch validation and ``unet-dist evaluate``. With
+    ``per_image``, appends ``(id, confusion matrix)`` for each image (ids from a batch's ``"id"``, if it has one).
     """
     model.eval()
     meter = EpochMeter(cfg.model.num_classes, class_names)
@@ -352,6 +365,10 @@ def validate(model: torch.nn.Module, batches: Any, loss_fn: torch.nn.Module, cfg
         with autocast():
             logits = model(x).float()
         meter.update(logits, y, loss_fn(logits, y).item())
+        if per_image is not None:
+            pred = predict_labels(logits).cpu()
+            ids = batch.get("id") or [None] * x.shape[0]
+            per_image += [(ids[i], confusion_matrix(pred[i], y[i].cpu(), meter.k)) for i in range(x.shape[0])]
         if len(shown) < n_images:
             pred = predict_labels(logits).cpu()
             for i in range(min(n_images - len(shown), x.shape[0])):
