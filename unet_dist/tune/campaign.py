@@ -16,7 +16,7 @@ from typing import Any
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError, UserError
 from unet_dist.runs import TUNE_STATE_DIR, CampaignDir, finish_record, new_campaign_record, now_iso
-from unet_dist.storage import ray_storage, resolve
+from unet_dist.storage import ray_storage, resolve, with_env_settings
 from unet_dist.train.live import LiveTable
 from unet_dist.tune.schedulers import SCHEDULERS, SEARCHERS
 from unet_dist.tune.space import CheckedSpace, check_space
@@ -180,7 +180,8 @@ def _tuner(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: 
     from unet_dist.tune.trial import trial_main
 
     trainable = tune.with_resources(
-        tune.with_parameters(trial_main, base=cfg, campaign_uri=campaign.uri, manifest=manifest, gpu=gpu,
+        tune.with_parameters(trial_main, base=cfg.model_copy(update={"storage": with_env_settings(cfg.storage)}),
+                             campaign_uri=campaign.uri, manifest=manifest, gpu=gpu,
                              datasets=datasets, code_version=code_version(), fault=os.environ.get(FAULT_ENV)),
         {"CPU": cfg.tune.trial_cpus})
     storage_path, storage_fs = ray_storage(campaign.loc)
