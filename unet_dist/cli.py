@@ -141,18 +141,14 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     data = json.loads(summary.to_json())
     console.print()
     console.rule(f"[bold green]training finished[/]: {data['name']}")
-    for key in SUMMARY_FIELDS:
-        value = data.get(key)
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        label = f"best {data['monitor']}" if key == "best_metric" else key
-        console.print(f"  [bold]{label:<18}[/] {shown}", highlight=False, soft_wrap=True)
+    print_fields([(f"best {data['monitor']}" if key == "best_metric" else key, data.get(key)) for key in SUMMARY_FIELDS])
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from unet_dist.train.evaluate import evaluate
 
-    cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args, {"address": "resources.address"})])
-    out = evaluate(args.checkpoint, split=args.split, dataset=args.data, storage=cfg.storage, address=cfg.resources.address)
+    cfg = load_config(args.config, args.overrides)
+    out = evaluate(args.checkpoint, split=args.split, dataset=args.data, storage=cfg.storage, progress=not args.json)
     if args.json:
         print(json.dumps(out, default=str))
         return 0
@@ -167,7 +163,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table.add_row("[bold]mean[/]", f"{out['mean_iou']:.4f}", f"{out['mean_dice']:.4f}")
     console.print(table)
     console.print(f"foreground IoU {out['iou']:.4f} · pixel accuracy {out['pixel_acc']:.4f} · loss {out['loss']:.4f}")
+    if args.per_image:
+        print_per_image(out["per_image"], args.per_image, len(out["per_class_iou"]) == 2)
     return 0
+
+
+def print_per_image(rows: list[dict[str, Any]], limit: int, binary: bool) -> None:
+    """The worst ``limit`` images of evaluate's per-image table."""
+    table = Table(title=f"worst {min(limit, len(rows))} of {len(rows)} images by {'foreground' if binary else 'mean'} IoU")
+    for col in ("image", "IoU", "Dice", "pixel acc", "pixels"):
+        table.add_column(col, justify="left" if col == "image" else "right")
+    for r in rows[:limit]:
+        table.add_row(str(r["id"]), f"{r['iou']:.4f}", f"{r['dice']:.4f}", f"{r['pixel_acc']:.4f}", f"{r['pixels']:,}")
+    console.print(table)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -193,19 +201,212 @@ def print_campaign(summary: Any, cfg: Config, as_json: bool) -> None:
                                title=f"top {cfg.tune.top} of {len(summary.trials)} trials ({counts})", limit=cfg.tune.top))
     console.rule(f"[bold green]campaign {summary.status}[/]: {summary.name}")
     best = summary.best or {}
-    for label, value in (("campaign", summary.uri), ("best trial", best.get("trial_id")), ("searched", best.get("params")),
-                         (f"best {summary.metric}", best.get("best_value")), ("best checkpoint", best.get("best_checkpoint")),
-                         ("skipped points", len(summary.skipped)), ("duration_s", summary.duration_s)):
+    print_fields([("campaign", summary.uri), ("best trial", best.get("trial_id")), ("searched", best.get("params")),
+                  (f"best {summary.metric}", best.get("best_value")), ("best checkpoint", best.get("best_checkpoint")),
+                  ("skipped points", len(summary.skipped)), ("duration_s", summary.duration_s)])
+
+
+def print_fields(pairs: Sequence[tuple[str, Any]]) -> None:
+    """``label value`` lines, floats to 4 digits, paths printed whole."""
+    for label, value in pairs:
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         console.print(f"  [bold]{label:<18}[/] {shown}", highlight=False, soft_wrap=True)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from unet_dist.collect.leaderboard import collect
+
+    with Progress(console=err_console, transient=True, disable=args.format != "table") as bar:
+        task = bar.add_task("reading run records", total=None)
+        board = collect(args.storage, storage_cfg=storage_config(args), campaigns=args.campaign, statuses=args.status,
+                        write=not args.no_write, metric=args.metric, progress=lambda done, n: bar.update(task, completed=done, total=n))
+    for line in board.warnings():
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    if args.format == "json":
+        print(board.to_json(limit=args.top))
+        return 0
+    if args.format in ("csv", "parquet"):
+        _write_rows(board, args.format, args.out, args.top)
+        err_console.print(board.summary(), highlight=False)
+        return 0
+    wide = console if console.is_terminal else Console(width=200)  # a pipe or file gets every column whole
+    wide.print(board.to_table(limit=args.top))
+    written = f" -> {board.uri}" if not args.no_write else ""
+    console.print(f"{board.summary()}{written}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def storage_config(args: argparse.Namespace) -> Any:
+    """Only the storage section of --config/--set: a command that just reads storage validates no model (the model
+    registry imports torch)."""
+    from unet_dist.config import StorageConfig, parse_overrides, read_yaml, validate_section
+
+    data = read_yaml(args.config).get("storage") if args.config else None
+    return validate_section(StorageConfig, {**(data or {}), **parse_overrides(args.overrides).get("storage", {})},
+                            "storage")
+
+
+def _write_rows(board: Any, fmt: str, out: str | None, top: int | None) -> None:
+    """The leaderboard rows as CSV or Parquet, to --out or stdout."""
+    import io
+
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from unet_dist.collect.leaderboard import to_arrow
+
+    table, buf = to_arrow(board.rows[:top]), io.BytesIO()
+    pq.write_table(table, buf) if fmt == "parquet" else pcsv.write_csv(table, buf)
+    if out:
+        from unet_dist.storage import resolve
+
+        resolve(out).write_bytes(buf.getvalue())
+    else:
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.flush()
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n:,} B"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from unet_dist.collect.export import export
+
+    storage_cfg = storage_config(args)
+    with Progress(TextColumn("copying checkpoints"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err_console, transient=True, disable=args.json) as bar:
+        task = bar.add_task("copy", total=None)
+        result = export(args.storage, args.dest, top=args.top, campaigns=args.campaign, storage_cfg=storage_cfg,
+                        on_bytes=lambda done, total: bar.update(task, completed=done, total=total))
+    for line in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    if args.json:
+        print(result.to_json())
+        return 0
+    table = Table(title=f"exported to {result.dest} by {result.metric} ({result.mode})")
+    for col in ("#", "model", result.metric, "searched", "status", "size", ""):
+        table.add_column(col, justify="right" if col in ("#", result.metric, "size") else "left")
+    for m in result.models:
+        searched = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in m.params.items())
+        table.add_row(str(m.rank), m.name, "-" if m.value is None else f"{m.value:.4f}", searched, m.status,
+                      _size(m.bytes), "copied" if m.copied else "unchanged")
+    (console if console.is_terminal else Console(width=200)).print(table)  # a pipe gets model names whole
+    copied = sum(m.copied for m in result.models)
+    console.print(f"champion -> {result.champion}  ({result.dest.rstrip('/')}/champion); {copied} copied "
+                  f"({_size(result.bytes_copied)}), {len(result.models) - copied} unchanged", highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from unet_dist.collect.gc import collect_garbage, plan
+
+    storage_cfg = storage_config(args)
+    todo = plan(args.storage, keep_best=args.keep_best, keep_trial_best=args.keep_trial_best, keep_latest=args.keep_latest,
+                campaigns=args.campaign, storage_cfg=storage_cfg)
+    if args.yes:
+        with Progress(TextColumn("deleting checkpoints"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                      transient=True, disable=args.json) as bar:
+            task = bar.add_task("delete", total=len(todo.delete))
+            collect_garbage(todo, storage_cfg, on_item=lambda _: bar.advance(task))
+    if args.json:
+        print(todo.to_json())
+        return 0
+    verb = "deleted" if todo.deleted else "would delete"
+    if todo.delete:
+        table = Table(title=f"{verb} {len(todo.delete)} checkpoints under {todo.storage}")
+        for col in ("run", "checkpoint", "size", "why"):
+            table.add_column(col, justify="right" if col == "size" else "left")
+        for item in todo.delete:
+            table.add_row(item.run, item.uri.rsplit("/", 1)[-1], _size(item.bytes), item.reason)
+        (console if console.is_terminal else Console(width=200)).print(table)
+    kept = ", ".join(f"{n} {why}" for why, n in Counter(i.reason.split(" to ")[0] for i in todo.keep).most_common())
+    console.print(f"{verb} {len(todo.delete)} checkpoints, {_size(todo.bytes_freed)} freed; kept {len(todo.keep)} "
+                  f"({_size(todo.bytes_kept)}: {kept or 'none'})", highlight=False, soft_wrap=True)
+    if not todo.deleted and todo.delete:
+        console.print("dry run: nothing was deleted; run again with --yes to delete these", highlight=False)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from unet_dist.collect.report import write_report
+
+    report = write_report(args.uri, args.output, split=args.split, dataset=args.data, storage=storage_config(args),
+                          val_images=args.images, progress=not args.json)
+    for note in report.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    if args.json:
+        print(json.dumps({"report": args.output, "bytes": len(report.html.encode()), "kind": report.subject.kind,
+                          "name": report.subject.name, "best": report.best_run, "checkpoint": report.checkpoint,
+                          "split": report.split, "notes": report.notes}))
+        return 0
+    best = f" · best {report.best_run} ({report.checkpoint})" if report.best_run else ""
+    console.print(f"report of {report.subject.kind} [bold]{report.subject.name}[/]{best} · test view on "
+                  f"{report.split or '-'} -> [bold]{args.output}[/] ({len(report.html.encode()) / 1e6:.1f} MB)",
+                  highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from unet_dist.collect.predict import predict
+    from unet_dist.collect.tiles import Tiling
+
+    cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args, {"address": "resources.address"})])
+    tiling = Tiling(**{k: v for k, v in (("tile", args.tile), ("overlap", args.overlap), ("batch_size", args.batch_size))
+                       if v is not None}, tta=args.tta)
+    summary = predict(args.model, args.images, args.out, tiling=tiling, overlay=args.overlay, use_ray=args.ray,
+                      workers=args.workers, threads=args.threads, storage=cfg.storage, resources=cfg.resources,
+                      progress=not args.json,
+                      console=err_console)
+    if args.json:
+        print(summary.to_json())
+    else:
+        values = ", ".join(f"{name} {value}" for name, value in summary.mask_values.items())
+        console.print(f"[green]wrote {summary.predicted} masks[/] to [bold]{summary.out}[/] ({values})",
+                      highlight=False, soft_wrap=True)
+        print_fields([("overlays", summary.overlays or "-"), ("tiles", f"{summary.tiles} of {summary.tile} px, overlap "
+                      f"{summary.overlap:g}{', flip TTA' if summary.tta else ''}"),
+                      ("images/s", f"{summary.predicted / max(summary.duration_s, 1e-9):.2f} on {summary.device}"
+                                   f"{' (Ray)' if summary.ray else ''}"), ("duration_s", f"{summary.duration_s:.1f}")])
+    for item in summary.skipped:
+        err_console.print(f"[yellow]skipped[/] {item['image']}: {item['reason']}", highlight=False, soft_wrap=True)
+    return 1 if summary.skipped else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from unet_dist.demo import DEMO_PROFILE, run_demo
 
     cfg = _load(args, _train_overrides(args), base=DEMO_PROFILE)
-    summary = run_demo(cfg, data=args.data_folder, workdir=args.workdir, console=err_console if args.json else console)
-    print_campaign(summary, cfg, args.json)
+    summary, published = run_demo(cfg, data=args.data_folder, workdir=args.workdir, console=err_console if args.json else console)
+    if args.json:
+        print(json.dumps({"campaign": json.loads(summary.to_json()), "collect": json.loads(published.to_json())}))
+        return 0
+    from unet_dist.collect.publish import summary_lines
+
+    console.print()
+    console.print(published.leaderboard.to_table())
+    console.rule(f"[bold green]demo finished[/]: campaign {summary.name} {summary.status}")
+    print_fields([("campaign", summary.uri), *summary_lines(published)])
+    console.print(f"\nOpen the report: [bold]{published.report}[/]", highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from unet_dist.cluster import plan, render
+
+    result = plan(args.campaign, args.cluster, args.overrides)
+    if args.json:
+        print(result.to_json())
+    else:
+        render(result, console)
     return 0
 
 
@@ -283,8 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--data", help="dataset URI (default: the one the checkpoint was trained on); images are normalised "
                                   "with the checkpoint's training statistics either way")
-    p.add_argument("--address", help="Ray cluster address for reading the data (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--json", action="store_true", help="one JSON line")
+    p.add_argument("--per-image", type=int, default=10, metavar="N",
+                   help="show the N worst images by IoU (default 10, 0: none); --json always holds every image")
+    p.add_argument("--address", help=argparse.SUPPRESS)  # evaluate reads the shards itself and starts no Ray
+    p.add_argument("--json", action="store_true", help="one JSON line (aggregate metrics and per_image, worst first)")
     _config_args(p)
 
     p = add("tune", cmd_tune, "run (or --resume) a Ray Tune campaign over the U-Net design space",
@@ -302,6 +505,91 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show Ray's own log lines (kept in Ray's log files otherwise)")
     _config_args(p)
 
+    p = add("collect", cmd_collect, "rank every run and trial under a storage URI into a Parquet leaderboard",
+            "Reads every campaign (STORAGE/<name>/campaign.json + trials/<id>/run.json) and every single run "
+            "(STORAGE/<name>/run.json) from their records, never their checkpoints; prints them best first by the "
+            "monitored metric and writes STORAGE/leaderboard/leaderboard.parquet (readable by pandas, pyarrow, DuckDB). "
+            "A re-run reads only the records that changed. Folders that are not runs are skipped with one warning each.")
+    p.add_argument("storage", help="storage root: local path or s3://bucket/prefix")
+    p.add_argument("--campaign", action="append", metavar="NAME", help="only this campaign or single run (repeatable)")
+    p.add_argument("--status", action="append", metavar="STATUS",
+                   help="only runs with this status: finished, early_stopped, running, error, invalid, stopped, failed (repeatable)")
+    p.add_argument("--top", type=int, metavar="N", help="show the best N rows")
+    p.add_argument("--metric", help="rank by this metric (default: the runs' monitored metric, else val_mean_iou)")
+    p.add_argument("--format", choices=["table", "json", "csv", "parquet"], default="table",
+                   help="table (default), json (one line), csv or parquet (to --out or stdout)")
+    p.add_argument("--out", metavar="PATH", help="file for --format csv/parquet (local path or s3://)")
+    p.add_argument("--no-write", action="store_true", help="do not write the leaderboard and its index to storage")
+    _config_args(p)
+
+    p = add("export", cmd_export, "copy the best checkpoints to a model store, each with a model card",
+            "Copies the best K checkpoints under STORAGE (ranked like `unet-dist collect`) to DEST (local or s3://), "
+            "each as DEST/<campaign>-<trial>-epoch_NNNN/ with state.pt and COMPLETE copied byte for byte and a "
+            "model.json card (config without credentials, searched values, metrics with per-class IoU, dataset URI "
+            "and fingerprint, code version, source checkpoint), and points DEST/champion (alias.json) at the best. "
+            "Exporting again copies nothing twice. DEST/<model> and DEST/champion work wherever a checkpoint does "
+            "(evaluate, predict, --resume-from, model.weights).")
+    p.add_argument("storage", help="storage root the runs are under: local path or s3://bucket/prefix")
+    p.add_argument("dest", help="model store: local folder or s3://bucket/prefix, outside STORAGE")
+    p.add_argument("--top", type=int, default=1, metavar="K", help="export the best K runs/trials (default 1)")
+    p.add_argument("--campaign", action="append", metavar="NAME", help="only this campaign or single run (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON line")
+    _config_args(p)
+
+    p = add("gc", cmd_gc, "delete checkpoints not worth keeping (dry run unless --yes)",
+            "Keeps, under STORAGE, the best checkpoint of the --keep-best best runs/trials (default 3), each run's "
+            "best (--keep-trial-best, on by default) and/or newest (--keep-latest, off by default), every exported "
+            "checkpoint (pinned in STORAGE/exports/ by `unet-dist export`) and a running run's newest checkpoints; "
+            "deletes every other checkpoint folder, including orphans (no COMPLETE marker, or epochs after a stopped "
+            "trial's last recorded one). Without --yes it only prints what would go and the bytes freed. Records, "
+            "metrics, logs and model stores are never deleted.")
+    p.add_argument("storage", help="storage root: local path or s3://bucket/prefix")
+    p.add_argument("--keep-best", type=int, default=3, metavar="N", help="keep the best checkpoint of the N best runs (default 3)")
+    p.add_argument("--keep-trial-best", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep each run's and trial's best checkpoint (default: on)")
+    p.add_argument("--keep-latest", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep each run's and trial's newest complete checkpoint (default: off)")
+    p.add_argument("--campaign", action="append", metavar="NAME", help="only this campaign or single run (repeatable)")
+    p.add_argument("--yes", action="store_true", help="delete (default: dry run, nothing deleted)")
+    p.add_argument("--json", action="store_true", help="one JSON line: keep and delete lists with reasons, bytes freed")
+    _config_args(p)
+
+    p = add("report", cmd_report, "write one self-contained HTML report of a run or campaign",
+            "Renders RUN_OR_CAMPAIGN_URI (a folder written by train or tune, local or s3://, copied trees too) as one "
+            "HTML file that loads nothing from the network: train/val IoU and loss per epoch, the leaderboard with "
+            "searched values, the best checkpoint's predictions on validation images (TP green, FP red, FN blue) and "
+            "a test view (per-class IoU and Dice, pixel accuracy, confusion matrix, 5 best and 5 worst test images). "
+            "Reads the dataset's Parquet shards directly: no Ray.")
+    p.add_argument("uri", metavar="RUN_OR_CAMPAIGN_URI", help="run or campaign folder: STORAGE/<name>")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write, local or s3:// (default report.html)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="split of the test view (default test; val if the dataset has none)")
+    p.add_argument("--data", help="dataset URI (default: the one the best checkpoint was trained on)")
+    p.add_argument("--images", type=int, default=4, metavar="N", help="validation images with overlays (default 4)")
+    p.add_argument("--json", action="store_true", help="one JSON line")
+    _config_args(p)
+
+    p = add("predict", cmd_predict, "masks (and overlays) for a folder or s3:// prefix of new images",
+            "Segments every image under IMAGES (folder, s3:// prefix or one file; PNG/JPEG/TIFF, 8/16-bit, gray/RGB, "
+            "any size) with MODEL (a checkpoint, an exported model folder or STORE/champion) and writes OUT/<same "
+            "relative name>.png: 0/255 for two-class models, class ids (palette PNG) for more. Large images are cut "
+            "into overlapping tiles blended with a smooth window; a tile at least as large as the image gives "
+            "exactly evaluate's prediction. Unreadable or unusable images are skipped and named; exit 1 if any was.")
+    p.add_argument("model", metavar="CHECKPOINT_OR_MODEL", help="checkpoint folder/state file, exported model or STORE/champion")
+    p.add_argument("images", help="folder, s3:// prefix or single image file")
+    p.add_argument("out", help="where masks go (local path or s3://)")
+    p.add_argument("--tile", type=int, help="tile side in pixels (default 256; >= the image: one whole-image pass)")
+    p.add_argument("--overlap", type=float, help="fraction of a tile shared with each neighbour (default 0.25)")
+    p.add_argument("--tta", action="store_true", help="average the identity, h-, v- and hv-flipped predictions")
+    p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<name>.png: the image with classes tinted")
+    p.add_argument("--batch-size", type=int, help="tiles per forward pass (default 4)")
+    p.add_argument("--ray", action="store_true", help="run as a Ray Data job: one model per actor, GPUs when present")
+    p.add_argument("--workers", type=int, help="with --ray: most actors (default one per GPU, else per --threads CPUs)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own), or CPUs and threads per actor with --ray (default 1)")
+    p.add_argument("--address", help="with --ray: Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--json", action="store_true", help="one JSON line")
+    _config_args(p)
+
     p = add("demo", cmd_demo, "end-to-end demo: synthetic (or --data) images -> ingest -> a small tuning campaign",
             "Runs the whole product on a local Ray: generates a SYNTHETIC data set (or uses --data FOLDER with "
             "images/ and masks/), ingests it, runs a small ASHA campaign of 2-worker Ray Train trials over "
@@ -309,6 +597,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", dest="data_folder", help="folder with images/ and masks/ instead of synthetic data")
     p.add_argument("--workdir", default="demo-runs", help="where the demo writes data, dataset and runs (default demo-runs/)")
     train_flags(p)
+
+    p = add("cluster", cmd_cluster, "plan a campaign on a Ray cluster-launcher config (no cluster needed)",
+            "`cluster plan CAMPAIGN.yaml CLUSTER.yaml` prints, per worker node type of CLUSTER (cluster/*.yaml), how "
+            "many workers and trials fit a node and run at once over its max_workers nodes, how many nodes the "
+            "autoscaler will ask for, and the GPU-hours at the campaign's time budget; exit 2 when no node type "
+            "fits a trial, naming the short resource.")
+    p.add_argument("action", choices=["plan"], help="plan: fit the campaign to the cluster's node types")
+    p.add_argument("campaign", help="campaign or training config (e.g. jobs/configs/backbones.yaml)")
+    p.add_argument("cluster", help="Ray cluster-launcher YAML (e.g. cluster/aws-gpu.yaml)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one campaign config value, e.g. --set resources.num_workers=4 (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON line")
     return parser
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tests.conftest import free_port
 import yaml
 
 from unet_dist.config import load_config
@@ -39,12 +39,6 @@ FAKE_CLUSTER = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _marked_pids(mark: str) -> list[int]:
     out = []
     for proc in Path("/proc").glob("[0-9]*"):
@@ -66,7 +60,7 @@ def fake_autoscaling_head(tmp_path, ray_tmpdir):
     config = tmp_path / "fake.yaml"
     config.write_text(yaml.safe_dump(FAKE_CLUSTER))
     mark = uuid.uuid4().hex
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "UNET_DIST_HEAD_MARK": mark}
     temp = ray_tmpdir / f"h{mark[:6]}"
     temp.mkdir()

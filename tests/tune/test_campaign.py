@@ -80,6 +80,7 @@ def test_backbone_by_unpooling_campaign_on_s3(small_config, ray_local, isbi_on_s
         run_campaign(cfg, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_impossible_points_are_skipped_or_recorded_invalid(small_config, ray_local, synthetic_dataset, tmp_path) -> None:
     grid = {"model.unpooling": {"grid": ["transpose", "maxunpool"]}, "model.pooling": {"grid": ["max", "avg"]}}

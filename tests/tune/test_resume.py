@@ -37,6 +37,7 @@ def _ready_to_kill(campaign: CampaignDir) -> bool:
         (rows := run.metrics()) and set(run.checkpoints()) >= {r["epoch"] for r in rows} for run in running)
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_killed_campaign_resumes_without_rerunning(synthetic_dataset, tmp_path, own_ray_tmpdir) -> None:
     config = tmp_path / "campaign.yaml"

@@ -46,6 +46,8 @@ class LiveTable:
             while not self._stop.wait(self.interval):
                 live.update(self.render())
             live.update(self.render())
+        if not self.console.is_terminal:  # rich leaves a non-terminal's last frame open: a JSON line would join it
+            self.console.line()
 
 
 class LiveView(LiveTable):

@@ -1,0 +1,72 @@
+"""Collect, export and report in one call: what ``jobs/collect.py`` and ``make demo`` do after training.
+
+The leaderboard goes to ``STORAGE/leaderboard/``, the best checkpoints to a model store (``export_to``, outside
+STORAGE) with its ``champion`` alias, and the report of the campaign (or single run) that holds the best row to
+``report_to`` (default ``STORAGE/reports/<name>.html``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from unet_dist.collect.export import ExportResult, export
+from unet_dist.collect.leaderboard import Leaderboard, collect
+from unet_dist.config import StorageConfig
+from unet_dist.errors import UserError
+from unet_dist.storage import resolve
+
+REPORTS_DIR = "reports"
+
+
+@dataclass
+class Published:
+    """The leaderboard, what was exported (if asked) and where the report went."""
+
+    leaderboard: Leaderboard
+    exported: ExportResult | None
+    report: str | None
+    report_of: str | None
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "leaderboard": self.leaderboard.uri, "summary": self.leaderboard.summary(), "metric": self.leaderboard.metric,
+            "best": self.leaderboard.rows[0] if self.leaderboard.rows else None,
+            "champion": self.exported and self.exported.champion, "models": self.exported and self.exported.dest,
+            "report": self.report, "report_of": self.report_of}, default=str)
+
+
+def best_subject(board: Leaderboard, storage: str, storage_cfg: StorageConfig | None = None) -> str | None:
+    """The folder of the campaign (or single run) that holds the leaderboard's best row."""
+    if not board.rows:
+        return None
+    top = board.rows[0]
+    return (resolve(storage, storage_cfg) / (top["campaign"] or top["trial"])).uri
+
+
+def publish(storage: str, *, storage_cfg: StorageConfig | None = None, export_to: str | None = None, top: int = 3,
+            report_to: str | None = None, report: bool = True, campaigns: Sequence[str] | None = None,
+            progress: bool = False) -> Published:
+    """Write the leaderboard, export the best ``top`` checkpoints to ``export_to`` and render the best one's report."""
+    from unet_dist.collect.report import write_report
+
+    board = collect(storage, storage_cfg=storage_cfg, campaigns=campaigns)
+    if not board.rows:
+        raise UserError(f"no runs or campaigns under {storage}: nothing to collect ({board.summary()})")
+    exported = export(storage, export_to, top=top, campaigns=campaigns, storage_cfg=storage_cfg) if export_to else None
+    subject = best_subject(board, storage, storage_cfg) if report else None
+    out = None
+    if subject:
+        out = report_to or (resolve(storage, storage_cfg) / REPORTS_DIR / f"{resolve(subject, storage_cfg).name}.html").uri
+        write_report(subject, out, storage=storage_cfg, progress=progress)
+    return Published(board, exported, out, subject)
+
+
+def summary_lines(result: Published) -> list[tuple[str, Any]]:
+    """The label/value pairs a terminal shows after publishing."""
+    best = result.leaderboard.rows[0] if result.leaderboard.rows else {}
+    return [("leaderboard", result.leaderboard.uri), ("collected", result.leaderboard.summary()),
+            (f"best {result.leaderboard.metric}", best.get("best_value")),
+            ("champion", result.exported and f"{result.exported.dest}/champion -> {result.exported.champion}"),
+            ("report", result.report)]
