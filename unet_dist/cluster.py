@@ -23,9 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from unet_dist.config import Config
+from unet_dist.config import Config, parse_yaml_file
 from unet_dist.errors import ConfigError, UserError
 
 
@@ -142,12 +141,7 @@ class Plan:
 def read_cluster(path: str | Path) -> Cluster:
     """A launcher YAML's node types with their CPUs/GPUs (``resources``, else the AWS instance-type table)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"cluster config {str(p)!r} not found; pass a Ray cluster-launcher YAML (examples in cluster/)")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"cluster config {str(p)!r} is not valid YAML: {err}".splitlines()[0]) from None
+    data = parse_yaml_file(p, "cluster config", "pass a Ray cluster-launcher YAML (examples in cluster/)")
     types = data.get("available_node_types") if isinstance(data, dict) else None
     if not isinstance(types, dict) or not types:
         raise ConfigError(f"{p}: no available_node_types; a launcher YAML lists its head and worker node types there")

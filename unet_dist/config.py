@@ -318,15 +318,22 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def parse_yaml_file(path: str | Path, what: str = "config file", hint: str = "pass an existing YAML file (examples in jobs/configs/)") -> Any:
+    """The YAML document in ``path`` (``{}`` when empty), with one-line errors naming ``what`` for a missing file
+    (adding ``hint``) and for a syntax error."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} not found; {hint}")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML: {err}".splitlines()[0]) from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict with a clear error for missing files and syntax errors."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML file (examples in jobs/configs/)")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}".splitlines()[0]) from None
+    data = parse_yaml_file(p)
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections (model, data, train, ...)")
     return data
