@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
+from tests.guard import end_session_processes, free_port, become_subreaper, session_mark, weed_ports
 from unet_dist.config import Config, StorageConfig, load_config
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -24,6 +25,19 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 # Ray Train's controller polls workers this often; report() waits for the poll, so 2 s (the default) per epoch
 # dominates the tiny epochs of tests.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Every Ray the suite uses is its own: nothing inherits an address of a cluster the tests did not start (a test that
+# wants one sets it), and every process a test starts, orphans included, is ended when the session ends.
+os.environ.pop("RAY_ADDRESS", None)
+session_mark()
+become_subreaper()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After the last teardown, also after a failure or Ctrl-C: end what the tests started and did not stop."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    end_session_processes()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -31,21 +45,6 @@ ISBI = SHARED_DATA / "isbi2012-membrane"
 
 S3_KEY = "unetdist-test-key"
 S3_SECRET = "unetdist-test-secret-0123456789"
-
-
-def free_port() -> int:
-    """A free port whose gRPC twin (port + 10000, where weed puts it) is valid and free too."""
-    while True:
-        with socket.socket() as s, socket.socket() as twin:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            if port + 10000 > 65535:
-                continue
-            try:
-                twin.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-            return port
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +62,13 @@ class Weed:
 
     def __init__(self, data: Path, key: str, secret: str, bucket: str) -> None:
         self.data, self.key, self.secret, self.bucket = data, key, secret, bucket
-        self.ports = [free_port() for _ in range(5)]
-        self.endpoint = f"http://127.0.0.1:{self.ports[0]}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pick_ports()
+
+    def pick_ports(self) -> None:
+        """Five ports that weed's gRPC rule (port + 10000) cannot make collide: :func:`tests.guard.weed_ports`."""
+        self.ports = weed_ports(5)
+        self.endpoint = f"http://127.0.0.1:{self.ports[0]}"
 
     def command(self) -> list[str]:
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
@@ -77,7 +80,19 @@ class Weed:
                 f"-volume.port={volume}", f"-filer.port={filer}", "-s3.port.lance=0", f"-admin.port={admin}"]
 
     def start(self) -> None:
-        """Start the server and wait until it answers with the bucket in place."""
+        """Start the server and wait until it answers with the bucket in place. A failed first start (a port taken
+        meanwhile) is retried once on new ports; a restart keeps its ports, so the endpoint comes back."""
+        first = self.proc is None
+        try:
+            self._start()
+        except RuntimeError:
+            if not first:
+                raise
+            self.stop(signal.SIGKILL)
+            self.pick_ports()
+            self._start()
+
+    def _start(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.key, AWS_SECRET_ACCESS_KEY=self.secret)
         with open(self.data / "weed.log", "ab") as log:
@@ -169,7 +184,7 @@ def ray_local(ray_tmpdir):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False,
+        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False,
                  runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     return ray
 

@@ -28,6 +28,10 @@ AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the storage sect
 """
 
 
+ADDRESS_HELP = ("Ray cluster address: host:port, ray://host:10001, or auto (the Ray started on this machine with "
+                "`ray start`); default: RAY_ADDRESS (set by `ray job submit`), else a local Ray of this command's own")
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="YAML", help="config file (examples in jobs/configs/)")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -462,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def train_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--storage", help="where runs go: local path (default ./runs) or s3://bucket/prefix")
-        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+        p.add_argument("--address", help=ADDRESS_HELP)
         p.add_argument("--workers", help="training workers, or MIN-MAX for elastic training (default 2)")
         p.add_argument("--epochs", type=int, help="epochs (default from config)")
         p.add_argument("--name", help="run name; re-using one resumes that run")
@@ -498,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
             "from their newest checkpoint, errored ones are retried once.")
     p.add_argument("--data", help="URI of an ingested dataset (default: data.dataset of the config)")
     p.add_argument("--storage", help="where campaigns go: local path (default ./runs) or s3://bucket/prefix")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--name", help="campaign name (tune.name)")
     p.add_argument("--resume", action="store_true", help="continue the campaign of this name from storage")
     p.add_argument("--json", action="store_true", help="print a one-line JSON summary at the end")
@@ -586,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", action="store_true", help="run as a Ray Data job: one model per actor, GPUs when present")
     p.add_argument("--workers", type=int, help="with --ray: most actors (default one per GPU, else per --threads CPUs)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own), or CPUs and threads per actor with --ray (default 1)")
-    p.add_argument("--address", help="with --ray: Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--address", help=f"with --ray: {ADDRESS_HELP}")
     p.add_argument("--json", action="store_true", help="one JSON line")
     _config_args(p)
 

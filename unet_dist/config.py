@@ -205,7 +205,8 @@ class StorageConfig(_Section):
 class ResourcesConfig(_Section):
     """The Ray cluster and the shape of the worker group."""
 
-    address: str | None = Field(None, description="Ray address; default: RAY_ADDRESS or a local cluster.")
+    address: str | None = Field(None, description="Ray address (host:port, ray://host:10001, or auto: the Ray started "
+                                              "on this machine); default: RAY_ADDRESS, else a local Ray of its own.")
     num_workers: int | tuple[int, int] = Field(2, description="Workers, or [min, max] for elastic training.")
     use_gpu: bool | Literal["auto"] = Field("auto", description="auto: use GPUs when the cluster has them.")
     cpus_per_worker: float = Field(1.0, gt=0)

@@ -42,6 +42,7 @@ def _diagnose(head: Any, job: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # ~130 s, plus waiting for idle nodes to leave
 @pytest.mark.ray
 def test_campaign_scales_out_and_back(head_factory, synthetic_dataset: str, tmp_path: Path) -> None:
     """Budget 6 min: 2 concurrent trials (0.1 + 1 CPU each) x 2 epochs need both 2-CPU worker nodes; then the

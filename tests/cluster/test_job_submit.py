@@ -122,6 +122,7 @@ def has_checkpoint(uri: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # ~220 s on a quiet machine, train + tune + resume + collect
 @pytest.mark.ray
 @pytest.mark.s3
 def test_train_tune_stop_resume_collect_on_s3(ray_head: Any, isbi_small_dir: Path, s3_server: dict[str, str],

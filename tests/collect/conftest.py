@@ -30,7 +30,7 @@ def collect_tree(isbi_small_dir: Path, s3_server: dict, ray_tmpdir: Path, tmp_pa
     from unet_dist.tune import run_campaign
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False,
+        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False,
                  runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     root = f"s3://{s3_server['bucket']}/collect-tree"
     dataset = f"{root}-data"

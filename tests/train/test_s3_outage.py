@@ -24,7 +24,7 @@ TRAIN_SETS = ("model.base_filters=8", "model.depth=3", "data.batch_size=2", "dat
               "resources.use_gpu=false", "train.lr=0.003", "train.warmup_epochs=1", "train.log_images=2",
               "train.num_to_keep=2")
 
-pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.ray]
+pytestmark = [pytest.mark.slow, pytest.mark.s3, pytest.mark.ray, pytest.mark.timeout(900)]  # ~370 s each
 
 
 def _train(weed: Weed, dataset: str, name: str, ray_tmp: str, *sets: str) -> subprocess.Popen[str]:

@@ -110,3 +110,44 @@ def test_auto_chooses_cpu_on_a_cpu_only_cluster(ray_local) -> None:
     decision = decide_gpu(load_config(None, ["resources.use_gpu=auto"]))
     assert decision.use_gpu is False and "training on CPU" in decision.reason and "no GPU" in decision.reason
     assert decide_gpu(load_config(None, ["resources.use_gpu=true"])).use_gpu is True
+
+
+def test_no_address_means_a_local_ray_of_its_own(monkeypatch) -> None:
+    from unet_dist.train.session import LOCAL, resolve_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert resolve_address(load_config(None, [])) == LOCAL
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # what `ray job submit` sets for a job's driver
+    assert resolve_address(load_config(None, [])) == "10.0.0.1:6379"
+    assert resolve_address(load_config(None, ["resources.address=auto"])) == "auto"
+
+
+def test_a_running_local_cluster_is_noticed_not_joined(tmp_path, monkeypatch) -> None:
+    import socket
+
+    from unet_dist.train.session import running_local_cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    assert running_local_cluster() is None
+    (tmp_path / "ray").mkdir()
+    with socket.socket() as gcs:
+        gcs.bind(("127.0.0.1", 0))
+        gcs.listen()
+        address = f"127.0.0.1:{gcs.getsockname()[1]}"
+        (tmp_path / "ray" / "ray_current_cluster").write_text(address)
+        assert running_local_cluster() == address
+    assert running_local_cluster() is None  # a stale address file (a head that was killed) is not a cluster
+
+
+def test_a_dead_cluster_address_is_one_line_in_seconds(synthetic_dataset, tmp_path) -> None:
+    port = free_port()  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "unet_dist", "train", "--data", synthetic_dataset,
+                          "--storage", str(tmp_path / "runs"), "--address", f"127.0.0.1:{port}"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert time.monotonic() - start < 30
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in line and "Connection refused" in line
+    assert not [f for f in (tmp_path / "runs").rglob("*") if f.is_file()]  # no run record, nothing half-written

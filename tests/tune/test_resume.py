@@ -38,6 +38,7 @@ def _ready_to_kill(campaign: CampaignDir) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # two campaign runs, each up to its own 400 s deadline
 @pytest.mark.ray
 def test_killed_campaign_resumes_without_rerunning(synthetic_dataset, tmp_path, own_ray_tmpdir) -> None:
     config = tmp_path / "campaign.yaml"

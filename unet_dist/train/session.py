@@ -1,7 +1,8 @@
 """The Ray connection shared by train, evaluate and tune: connect, environment defaults, logging, GPU choice.
 
-:func:`ray_session` attaches to ``resources.address`` / ``RAY_ADDRESS`` or starts a local Ray, keeps Ray's
-own chatter in Ray's log files, and shuts down only what it started. :func:`decide_gpu` resolves
+:func:`ray_session` attaches to ``resources.address`` / ``RAY_ADDRESS`` (``ray job submit`` sets it) or else starts
+a private local Ray, even when another Ray runs on the machine: a run never lands on a cluster nobody named. It keeps
+Ray's own chatter in Ray's log files and shuts down only what it started. :func:`decide_gpu` resolves
 ``resources.use_gpu=auto`` from what the cluster has *and* what its autoscaler can launch.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -61,13 +64,67 @@ def quiet_ray_logs(verbose: bool = False) -> None:
                 handler.setLevel(logging.ERROR)
 
 
-def resolve_address(cfg: Config) -> str | None:
-    return cfg.resources.address or os.environ.get("RAY_ADDRESS") or None
+LOCAL = "local"
+"""Ray's address for "start a new local Ray": what unet-dist uses when no cluster is named."""
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def resolve_address(cfg: Config) -> str:
+    """The Ray to use: ``resources.address``, else ``RAY_ADDRESS``, else :data:`LOCAL` (a private local Ray).
+
+    Ray's own default (``address=None``) attaches to whatever cluster was last started on the machine; unet-dist
+    does that only when asked, with ``--address auto``."""
+    return cfg.resources.address or os.environ.get("RAY_ADDRESS") or LOCAL
+
+
+def running_local_cluster() -> str | None:
+    """The GCS address of a Ray started on this machine with ``ray start`` (Ray's address file), if it answers."""
+    from ray._common.utils import get_ray_address_file
+
+    try:
+        address = open(get_ray_address_file(None)).read().strip()
+    except OSError:
+        return None
+    return address if address and _reachable(address) is None else None
+
+
+def _reachable(address: str) -> str | None:
+    """None when a TCP connection to ``address``'s host:port opens within :data:`CONNECT_TIMEOUT_S`, else why not."""
+    host_port = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        return None  # not host:port (Ray resolves it, and says what is wrong)
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return None
+
+
+def check_address(address: str) -> str:
+    """``address`` as Ray will connect to it (``auto`` resolved), after a quick TCP check: a dead or unreachable
+    cluster is a one-line UserError in seconds, not a worker-group timeout minutes later."""
+    if address == LOCAL:
+        return address
+    where = "resources.address / --address / RAY_ADDRESS"
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        try:
+            address = canonicalize_bootstrap_address_or_die("auto")
+        except ConnectionError as err:
+            raise UserError(f"--address auto: {err}") from None
+    why = _reachable(address)
+    if why is not None:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({where}): {why}; start it, or leave the address "
+                        "unset to run on a local Ray of this command's own")
+    return address
 
 
 @contextlib.contextmanager
 def ray_session(cfg: Config, *, verbose: bool = False, **init_kwargs: Any) -> Iterator[bool]:
-    """Attach to the configured cluster or start a local Ray for the block; yields True if this call started it.
+    """Attach to the named cluster or start a private local Ray for the block; yields True if this call started Ray.
 
     Workers' output stays in Ray's session log files unless ``verbose`` (the live view shows progress,
     worker errors surface as one-line exceptions), so a terminal, ``--json`` and ``ray job logs`` show the
@@ -79,8 +136,11 @@ def ray_session(cfg: Config, *, verbose: bool = False, **init_kwargs: Any) -> It
         quiet_ray_logs(verbose)
         yield False
         return
-    address = resolve_address(cfg)
-    apply_env_defaults(address)
+    address = check_address(resolve_address(cfg))
+    apply_env_defaults(None if address == LOCAL else address)
+    if address == LOCAL and (other := running_local_cluster()):
+        print(f"note: a Ray cluster runs on this machine ({other}); this command starts a local Ray of its own "
+              "(--address auto runs on that one)", file=sys.stderr)
     try:
         ray.init(address=address, configure_logging=True, logging_level=logging.INFO if verbose else logging.WARNING,
                  log_to_driver=verbose, **init_kwargs)
