@@ -110,6 +110,7 @@ def test_a_stray_ray_head_changes_nothing(stray_head, synthetic_dataset, tmp_pat
     assert len(trials) == 2 and all(run.read_record()["status"] == "finished" for run in trials.values())
 
     # Usual times on the 2-core machine: ~20 s and ~45 s; a worker-group timeout alone would be 120 s a trial.
+    print(f"train {train_s:.1f} s, campaign {tune_s:.1f} s")
     assert train_s < 90 and tune_s < 150, (train_s, tune_s)
     assert _stray_drivers(stray_head["dashboard"]) == [], "a test process attached to the stray Ray"
 
