@@ -7,7 +7,7 @@ export RAY_AUTH_MODE := disabled
 export RAY_TRAIN_ENABLE_PRINT_PATCH := 0
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-all venv bench clean docs
+.PHONY: demo test test-all venv bench gpu-check clean docs
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ bench: $(STAMP)
 	$(PY) bench/quality.py
 	$(PY) bench/asha.py
 	$(PY) bench/collect.py
+
+# On a machine with one CUDA GPU: throughput, the NCCL backend path, packed fractional trials, predict --ray
+# (under 8 minutes; bench/results/gpu.json). Without a GPU it says so in one line and exits 0.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu.py
 
 clean:
 	rm -rf runs demo-runs .pytest_cache

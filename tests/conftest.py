@@ -184,9 +184,14 @@ def ray_local(ray_tmpdir):
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False,
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
     return ray
+
+
+RAY_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "AWS_ACCESS_KEY_ID": S3_KEY,
+                                "AWS_SECRET_ACCESS_KEY": S3_SECRET}}
+"""The shared Ray's job runtime_env: its processes get the S3 test server's keys the way ``ray_session`` gives them
+(workers never receive keys inside a config), whether or not :func:`s3_server` had set the environment when it started."""
 
 
 @pytest.fixture(scope="session", autouse=True)

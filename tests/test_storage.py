@@ -80,22 +80,37 @@ def test_secrets_never_dumped():
     assert "AKIA_SHOULD_NOT_LEAK" not in dumped and "s3cr3t" not in dumped
 
 
-def test_with_env_settings_ships_env_to_workers_without_leaking(monkeypatch):
+def test_with_env_settings_ships_endpoint_and_region_never_keys(monkeypatch):
     for name, value in (("AWS_ACCESS_KEY_ID", "env-key"), ("AWS_SECRET_ACCESS_KEY", "env-secret"),
                         ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"), ("AWS_REGION", "eu-west-3")):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2")
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     filled = storage.with_env_settings(StorageConfig(uri="s3://b/p", region="us-east-2"))
-    assert filled.access_key_id.get_secret_value() == "env-key"
-    assert filled.secret_access_key.get_secret_value() == "env-secret"
     assert filled.endpoint_url == "http://127.0.0.1:2" and filled.region == "us-east-2"
-    assert "env-secret" not in filled.model_dump_json() and "env-key" not in str(filled.model_dump())
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
-        monkeypatch.delenv(name)
-    assert storage.s3_options(filled) == storage.s3_options(StorageConfig(
-        uri="s3://b/p", region="us-east-2", endpoint_url="http://127.0.0.1:2",
-        access_key_id="env-key", secret_access_key="env-secret"))
+    assert filled.access_key_id is None and filled.secret_access_key is None
+    assert storage.credential_env(filled) == {"AWS_ACCESS_KEY_ID": "env-key", "AWS_SECRET_ACCESS_KEY": "env-secret"}
+
+
+def test_public_config_and_pickled_locations_carry_no_keys(monkeypatch):
+    import copy
+    import pickle
+
+    from unet_dist.config import load_config
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = load_config(overrides=["storage.uri=s3://b/p", "storage.endpoint_url=http://127.0.0.1:1",
+                                 "storage.access_key_id=AKIA_SHOULD_NOT_LEAK", "storage.secret_access_key=s3cr3t"])
+    assert storage.credential_env(cfg.storage) == {"AWS_ACCESS_KEY_ID": "AKIA_SHOULD_NOT_LEAK", "AWS_SECRET_ACCESS_KEY": "s3cr3t"}
+    public = storage.public_config(cfg)
+    assert public.storage.access_key_id is None and public.storage.endpoint_url == "http://127.0.0.1:1"
+    loc = storage.resolve(cfg.storage.uri, cfg.storage) / "run"
+    for blob in (pickle.dumps(public), pickle.dumps(loc), pickle.dumps(loc.arrow)):
+        assert b"AKIA_SHOULD_NOT_LEAK" not in blob and b"s3cr3t" not in blob
+    back = pickle.loads(pickle.dumps(loc))
+    assert back == loc and back.storage.endpoint_url == "http://127.0.0.1:1" and "key" not in storage.s3_options(back.storage)
+    assert copy.deepcopy(loc).fs is loc.fs  # in-process copies keep their keys
 
 
 def test_translation_uses_the_s3_error_code_not_the_message():

@@ -279,9 +279,19 @@ def _size(n: int) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from unet_dist.collect.export import export
+    from unet_dist.collect.export import export, remove_export
 
     storage_cfg = storage_config(args)
+    if args.remove:
+        for name in args.remove:
+            gone = remove_export(args.storage, args.dest, name, storage_cfg)
+            if args.json:
+                print(json.dumps(gone))
+                continue
+            alias = " and the champion alias" if gone["champion_removed"] else ""
+            console.print(f"removed {gone['model']}{alias} and its pin: gc may now delete "
+                          f"{gone['source'] or 'its source'}", highlight=False, soft_wrap=True)
+        return 0
     with Progress(TextColumn("copying checkpoints"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=err_console, transient=True, disable=args.json) as bar:
         task = bar.add_task("copy", total=None)
@@ -307,37 +317,57 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from collections import Counter
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from unet_dist.collect.gc import collect_garbage, plan
+    from unet_dist.collect.gc import collect_garbage, plan, verified_plan, write_plan
 
     storage_cfg = storage_config(args)
-    todo = plan(args.storage, keep_best=args.keep_best, keep_trial_best=args.keep_trial_best, keep_latest=args.keep_latest,
-                campaigns=args.campaign, storage_cfg=storage_cfg)
+    if args.yes and args.plan:
+        todo = verified_plan(args.storage, args.plan, storage_cfg)
+    else:
+        todo = plan(args.storage, keep_best=args.keep_best, keep_trial_best=args.keep_trial_best,
+                    keep_latest=args.keep_latest, campaigns=args.campaign, storage_cfg=storage_cfg)
+    if args.plan and not args.yes:
+        write_plan(todo, args.plan)
+    for note in todo.notes:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if args.yes:
         with Progress(TextColumn("deleting checkpoints"), BarColumn(), MofNCompleteColumn(), console=err_console,
                       transient=True, disable=args.json) as bar:
             task = bar.add_task("delete", total=len(todo.delete))
-            collect_garbage(todo, storage_cfg, on_item=lambda _: bar.advance(task))
+            collect_garbage(todo, storage_cfg, on_item=lambda _: bar.advance(task), purge_versions=args.purge_versions)
+    for fail in todo.failed:
+        err_console.print(f"[bold red]not deleted:[/] {fail['uri']}: {fail['why']}", highlight=False, soft_wrap=True)
     if args.json:
         print(todo.to_json())
-        return 0
+        return 1 if todo.failed else 0
+    _print_gc(todo, args.plan)
+    return 1 if todo.failed else 0
+
+
+def _print_gc(todo: Any, plan_file: str | None) -> None:
+    from collections import Counter
+
     verb = "deleted" if todo.deleted else "would delete"
+    count = len(todo.removed) if todo.deleted else len(todo.delete)
     if todo.delete:
-        table = Table(title=f"{verb} {len(todo.delete)} checkpoints under {todo.storage}")
+        table = Table(title=f"{verb} {count} checkpoints under {todo.storage}")
         for col in ("run", "checkpoint", "size", "why"):
             table.add_column(col, justify="right" if col == "size" else "left")
+        failed = {f["uri"] for f in todo.failed}
         for item in todo.delete:
-            table.add_row(item.run, item.uri.rsplit("/", 1)[-1], _size(item.bytes), item.reason)
+            why = f"NOT DELETED ({item.reason})" if item.uri in failed else item.reason
+            table.add_row(item.run, item.uri.rsplit("/", 1)[-1], _size(item.bytes), why)
         (console if console.is_terminal else Console(width=200)).print(table)
     kept = ", ".join(f"{n} {why}" for why, n in Counter(i.reason.split(" to ")[0] for i in todo.keep).most_common())
-    console.print(f"{verb} {len(todo.delete)} checkpoints, {_size(todo.bytes_freed)} freed; kept {len(todo.keep)} "
-                  f"({_size(todo.bytes_kept)}: {kept or 'none'})", highlight=False, soft_wrap=True)
+    console.print(f"{verb} {count} checkpoints, {_size(todo.bytes_freed)} freed; kept {len(todo.keep)} "
+                  f"({_size(todo.bytes_kept)}: {kept or 'none'}); plan digest {todo.digest}", highlight=False, soft_wrap=True)
+    if todo.failed:
+        console.print(f"{len(todo.failed)} checkpoints could not be deleted (named above)", highlight=False)
     if not todo.deleted and todo.delete:
-        console.print("dry run: nothing was deleted; run again with --yes to delete these", highlight=False)
-    return 0
+        then = (f"plan written to {plan_file}; `unet-dist gc {todo.storage} --yes --plan {plan_file}` deletes exactly "
+                "it (or refuses if storage changed)") if plan_file else "run again with --yes to delete these"
+        console.print(f"dry run: nothing was deleted; {then}", highlight=False, soft_wrap=True)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -536,25 +566,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("storage", help="storage root the runs are under: local path or s3://bucket/prefix")
     p.add_argument("dest", help="model store: local folder or s3://bucket/prefix, outside STORAGE")
     p.add_argument("--top", type=int, default=1, metavar="K", help="export the best K runs/trials (default 1)")
+    p.add_argument("--remove", action="append", metavar="NAME", help="remove the exported model DEST/NAME and its "
+                   "pin in STORAGE/exports/ instead of exporting (gc keeps a pinned source until then; repeatable)")
     p.add_argument("--campaign", action="append", metavar="NAME", help="only this campaign or single run (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON line")
     _config_args(p)
 
     p = add("gc", cmd_gc, "delete checkpoints not worth keeping (dry run unless --yes)",
-            "Keeps, under STORAGE, the best checkpoint of the --keep-best best runs/trials (default 3), each run's "
-            "best (--keep-trial-best, on by default) and/or newest (--keep-latest, off by default), every exported "
-            "checkpoint (pinned in STORAGE/exports/ by `unet-dist export`) and a running run's newest checkpoints; "
-            "deletes every other checkpoint folder, including orphans (no COMPLETE marker, or epochs after a stopped "
-            "trial's last recorded one). Without --yes it only prints what would go and the bytes freed. Records, "
-            "metrics, logs and model stores are never deleted.")
+            "Keeps, under STORAGE, every checkpoint Ray's snapshot references in a run or trial that can still resume "
+            "(status running, stopped, failed or error: `train --name` / `tune --resume` need them), the best "
+            "checkpoint of the --keep-best best runs/trials (default 3), each run's best (--keep-trial-best) and "
+            "newest (--keep-latest: both on by default; extending a finished run starts from its newest), every "
+            "exported checkpoint (pinned in STORAGE/exports/ by `unet-dist export` until `export --remove`) and a "
+            "running run's newest checkpoints; deletes every other checkpoint folder, including orphans (no COMPLETE "
+            "marker, or epochs after a stopped trial's last recorded one). A finished run's Ray snapshot is rewritten "
+            "first so it no longer lists what goes. Without --yes it only prints what would go, the bytes freed and a "
+            "plan digest; --plan FILE saves that plan, and --yes --plan FILE deletes exactly it (refusing, with "
+            "nothing deleted, if storage changed since). Each deletion is checked: refused objects and delete markers "
+            "of a versioned S3 bucket are named, not counted as freed, and the exit status is 1. Records, metrics, "
+            "logs and model stores are never deleted.")
     p.add_argument("storage", help="storage root: local path or s3://bucket/prefix")
     p.add_argument("--keep-best", type=int, default=3, metavar="N", help="keep the best checkpoint of the N best runs (default 3)")
     p.add_argument("--keep-trial-best", action=argparse.BooleanOptionalAction, default=True,
                    help="keep each run's and trial's best checkpoint (default: on)")
-    p.add_argument("--keep-latest", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep each run's and trial's newest complete checkpoint (default: off)")
+    p.add_argument("--keep-latest", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep each run's and trial's newest complete checkpoint (default: on; a resume or an extension "
+                        "with more epochs starts from it)")
     p.add_argument("--campaign", action="append", metavar="NAME", help="only this campaign or single run (repeatable)")
     p.add_argument("--yes", action="store_true", help="delete (default: dry run, nothing deleted)")
+    p.add_argument("--plan", metavar="FILE", help="dry run: save the plan to FILE; with --yes: delete exactly the plan "
+                   "in FILE (its keep options apply), or refuse if storage changed since it was made")
+    p.add_argument("--purge-versions", action="store_true",
+                   help="versioned S3 bucket: delete every version of each deleted file (else only delete markers are "
+                        "added and no bytes are freed)")
     p.add_argument("--json", action="store_true", help="one JSON line: keep and delete lists with reasons, bytes freed")
     _config_args(p)
 

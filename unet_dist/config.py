@@ -234,6 +234,18 @@ class ResourcesConfig(_Section):
             raise ValueError(f"resources.num_workers must be >= 1, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _no_shared_gpu_in_ddp(self) -> "ResourcesConfig":
+        """Two DDP ranks of one run on one GPU fail in NCCL ("Duplicate GPU detected", ray-project/ray#48012):
+        fractional GPUs are for 1-worker runs (trials packed onto a GPU), refused here before Ray starts."""
+        most = self.num_workers[1] if isinstance(self.num_workers, tuple) else self.num_workers
+        if self.use_gpu is not False and self.gpus_per_worker < 1 and most > 1:
+            raise ValueError(
+                f"resources.gpus_per_worker={self.gpus_per_worker:g} with resources.num_workers={most}: ranks of one "
+                "DDP run would share a GPU, which NCCL refuses; set resources.gpus_per_worker=1, or "
+                "resources.num_workers=1 to pack fractional runs or trials onto a GPU, or resources.use_gpu=false")
+        return self
+
 
 class Config(_Section):
     """Everything a run needs."""

@@ -8,7 +8,7 @@ A run directory ``STORAGE/<name>/`` holds::
     progress.json             # the latest step, for live views
     tensorboard/              # TensorBoard event files
     epoch_NNNN/state.pt       # a checkpoint (torch, loadable with weights_only=True) ...
-    epoch_NNNN/COMPLETE       # ... and its marker, written last: file sizes and the epoch
+    epoch_NNNN/COMPLETE       # ... and its marker, written last: file sizes, SHA-256s and the epoch
 
 A campaign directory ``STORAGE/<campaign>/`` (``unet-dist tune``) holds::
 
@@ -24,6 +24,7 @@ but storage and config, so a collector reads runs without the training code (or 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -58,13 +59,76 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def is_complete(loc: Location) -> bool:
-    """True when a checkpoint folder's marker exists and every file it lists has the recorded size."""
-    marker = loc / MARKER_FILE
+class MarkerError(ValueError):
+    """A ``COMPLETE`` marker that is not one: not JSON, no file sizes, or a listed name that is not a plain file name."""
+
+
+def file_name_problem(name: Any) -> str | None:
+    """Why ``name`` is not a plain file name inside a checkpoint folder (None when it is one).
+
+    The one check of the names a ``COMPLETE`` marker lists, on write (:func:`marker_text`, the checkpoint upload) and
+    on read (:func:`read_marker`: :func:`is_complete`, export, ``state_location``): no separator (``/``, ``\\``), no
+    ``.``/``..``, not empty, not absolute, no NUL, so a marker can never name a file outside its folder.
+    """
+    if not isinstance(name, str):
+        return f"{name!r} is not a file name (a {type(name).__name__})"
+    if not name:
+        return "the name is empty"
+    if name in (".", ".."):
+        return f"{name!r} is not a file name"
+    if "\0" in name:
+        return f"{name!r} holds a NUL character"
+    if "/" in name or "\\" in name:
+        return f"{name!r} is a path, not a plain file name in the checkpoint folder"
+    return None
+
+
+def check_file_name(name: Any) -> str:
+    """``name`` when it is a plain file name in a checkpoint folder, else a :class:`MarkerError` saying why."""
+    problem = file_name_problem(name)
+    if problem:
+        raise MarkerError(f"{MARKER_FILE} lists a bad file name: {problem}")
+    return name
+
+
+def parse_marker(text: str | bytes) -> dict[str, Any]:
+    """A ``COMPLETE`` marker's content, every listed name checked (:func:`file_name_problem`): ``files``
+    ``{name: size}``, ``epoch`` and, when recorded, ``sha256`` ``{name: hex}``; a :class:`MarkerError` otherwise."""
     try:
-        if not marker.exists():
-            return False
-        files = json.loads(marker.read_text())["files"]
+        body = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise MarkerError(f"{MARKER_FILE} is not valid JSON") from None
+    files = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise MarkerError(f"{MARKER_FILE} lists no files")
+    for name, size in files.items():
+        check_file_name(name)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise MarkerError(f"{MARKER_FILE} gives {name!r} the size {size!r} (expected a byte count)")
+    sha = body.get("sha256")
+    if sha is not None:
+        if not isinstance(sha, dict):
+            raise MarkerError(f"{MARKER_FILE}: sha256 is not a {{name: hex}} mapping")
+        for name, digest in sha.items():
+            check_file_name(name)
+            if name not in files or not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise MarkerError(f"{MARKER_FILE}: sha256 of {name!r} is not a SHA-256 of a listed file")
+    return {"files": files, "epoch": body.get("epoch"), "sha256": sha}
+
+
+def read_marker(loc: Location) -> dict[str, Any]:
+    """The checked marker of the checkpoint folder ``loc`` (:func:`parse_marker`); FileNotFoundError without one."""
+    marker = loc / MARKER_FILE
+    if not marker.exists():
+        raise FileNotFoundError(marker.uri)
+    return parse_marker(marker.read_bytes())
+
+
+def is_complete(loc: Location) -> bool:
+    """True when a checkpoint folder's marker exists, lists only plain file names, and every file it lists has the
+    recorded size."""
+    try:
+        files = read_marker(loc)["files"]
         return all((loc / name).size() == size for name, size in files.items())
     except (StorageError, OSError, ValueError, KeyError):
         return False
@@ -78,8 +142,16 @@ def checkpoint_epoch(loc: Location) -> int | None:
         return None
 
 
-def marker_text(sizes: dict[str, int], epoch: int | None) -> str:
-    return json.dumps({"files": sizes, "epoch": epoch})
+def marker_text(sizes: dict[str, int], epoch: int | None, sha256: dict[str, str] | None = None) -> str:
+    """A ``COMPLETE`` marker: ``files`` ``{name: size}`` (read by every version), ``epoch`` and, when given, ``sha256``
+    ``{name: hex}`` (what export compares to tell a retrained checkpoint from the one it copied). Names are checked
+    (:func:`file_name_problem`): a :class:`MarkerError` for one that is not a plain file name."""
+    body: dict[str, Any] = {"files": sizes, "epoch": epoch}
+    if sha256 is not None:
+        body["sha256"] = sha256
+    text = json.dumps(body)
+    parse_marker(text)
+    return text
 
 
 @dataclass(frozen=True)
@@ -94,10 +166,37 @@ class Best:
     row: dict[str, Any]
 
 
+def is_finite(value: Any) -> bool:
+    """Whether ``value`` is a real, finite number (not None, a bool, NaN or an infinity): the only values that rank."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def worst_value(mode: str) -> float:
+    """The value that loses to every other in ``mode``: -inf for max, +inf for min."""
+    return -math.inf if mode == "max" else math.inf
+
+
+def reported_metrics(row: dict[str, Any], watched: Iterable[tuple[str, str]]) -> dict[str, int | float]:
+    """What Ray sees of a metrics row (:func:`scalar_metrics`), with each watched ``(metric, mode)`` (the monitored
+    metric that orders Ray's kept checkpoints, the campaign metric ASHA schedules by) replaced by
+    :func:`worst_value` when it is not finite: a diverged epoch (NaN loss) never ranks first. The first mode given
+    for a metric wins; metrics.jsonl keeps the true value."""
+    out = scalar_metrics(row)
+    seen: set[str] = set()
+    for metric, mode in watched:
+        if metric in seen:
+            continue
+        seen.add(metric)
+        if metric in out and not is_finite(out[metric]):
+            out[metric] = worst_value(mode)
+    return out
+
+
 def pick_best(rows: Iterable[dict[str, Any]], checkpoints: dict[int, Location], metric: str, mode: str) -> Best | None:
-    """The best metrics row (by ``metric``/``mode``) among epochs that have a complete checkpoint; ties keep the earliest."""
+    """The best metrics row (by ``metric``/``mode``) among epochs that have a complete checkpoint; ties keep the earliest.
+    Non-finite values (a diverged epoch's NaN) never count."""
     sign = 1.0 if mode == "max" else -1.0
-    candidates = [r for r in rows if r["epoch"] in checkpoints and isinstance(r.get(metric), (int, float))]
+    candidates = [r for r in rows if r["epoch"] in checkpoints and is_finite(r.get(metric))]
     if not candidates:
         return None
     row = max(candidates, key=lambda r: (sign * r[metric], -r["epoch"]))
@@ -199,6 +298,27 @@ def new_record(cfg: Config, name: str, uri: str, dataset: dict[str, Any], code_v
         "monitor": {"metric": cfg.train.monitor, "mode": cfg.train.monitor_mode},
         "best": None, "best_val_iou": None, "best_epoch": None, "best_checkpoint": None, "final_metrics": {},
     }
+
+
+KEPT_ON_RESUME = ("started_at", "epochs", "train_time_s", "final_metrics")
+"""What a resumed run's (or campaign's) record keeps from its previous one, besides its best (:data:`BEST_FIELDS`)."""
+BEST_FIELDS = ("best", "best_val_iou", "best_epoch", "best_checkpoint", "best_metrics")
+
+
+def start_record(folder: RecordFolder, fresh: dict[str, Any]) -> dict[str, Any]:
+    """Write the record of a run, trial or campaign that is starting, the one place that does: ``fresh`` (status
+    running), or on a resume ``fresh`` over the folder's record keeping what it knew from the first write on (start
+    time, epochs done, best and its checkpoint while the monitor is the same, so gc never sees a run without its
+    best) and appending the time to ``resumed_at``."""
+    previous = folder.read_record()
+    if not previous:
+        record = fresh
+    else:
+        kept = KEPT_ON_RESUME + (BEST_FIELDS if previous.get("monitor") == fresh.get("monitor") else ())
+        record = {**fresh, **{k: previous[k] for k in kept if k in previous},
+                  "resumed_at": [*previous.get("resumed_at", []), fresh["updated_at"]]}
+    folder.write_record(record)
+    return record
 
 
 def progress_fields(rows: list[dict[str, Any]], best: Best | None) -> dict[str, Any]:

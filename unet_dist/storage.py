@@ -26,9 +26,8 @@ from urllib.parse import urlparse
 import fsspec
 import pyarrow.fs as pafs
 from pyarrow import PythonFile
-from pydantic import SecretStr
 
-from unet_dist.config import StorageConfig
+from unet_dist.config import Config, StorageConfig
 from unet_dist.errors import StorageError
 
 _S3_ERRORS = {
@@ -55,6 +54,17 @@ class Location:
     path: str
     fs: Any = field(repr=False, compare=False)
     storage: StorageConfig | None = field(default=None, repr=False, compare=False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (by Ray, into Tune's state) as its URI and credential-free settings: unpickled, it is resolved again
+        and takes the keys from that process's environment (:func:`credential_env` puts them there)."""
+        return resolve, (self.uri, public_storage(self.storage))
+
+    def __copy__(self) -> "Location":
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Location":
+        return self
 
     @property
     def is_s3(self) -> bool:
@@ -185,14 +195,55 @@ def s3_options(storage: StorageConfig | None = None) -> dict[str, Any]:
 
 
 def with_env_settings(storage: StorageConfig) -> StorageConfig:
-    """``storage`` with its unset S3 settings taken from this process's AWS environment, for processes that
-    do not share it (Ray workers on other nodes). Credentials stay SecretStr, excluded from every dump."""
-    update: dict[str, Any] = {}
-    for name in _ENV_FALLBACK:
-        value = _setting(storage, name) if getattr(storage, name) is None else None
-        if value:
-            update[name] = SecretStr(value) if name in _SECRET_FIELDS else value
+    """``storage`` with its unset endpoint and region taken from this process's AWS environment, for processes that
+    do not share it (Ray workers on other nodes). Never credentials: see :func:`public_config`."""
+    update = {n: v for n in ("endpoint_url", "region") if getattr(storage, n) is None and (v := _setting(storage, n))}
     return storage.model_copy(update=update)
+
+
+def public_storage(storage: StorageConfig | None) -> StorageConfig | None:
+    """``storage`` without credentials."""
+    if storage is None or all(getattr(storage, n) is None for n in _SECRET_FIELDS):
+        return storage
+    return storage.model_copy(update=dict.fromkeys(_SECRET_FIELDS))
+
+
+def public_config(cfg: Config) -> Config:
+    """``cfg`` without credentials, endpoint and region filled in (:func:`with_env_settings`): the config that Tune,
+    Ray Train, schedulers and records get. Ray's processes read the keys from their environment (:func:`credential_env`)."""
+    return cfg.model_copy(update={"storage": with_env_settings(public_storage(cfg.storage))})
+
+
+def credential_env(storage: StorageConfig | None) -> dict[str, str]:
+    """The S3 credentials (config first, else this process's environment) as AWS environment variables: what the
+    Ray processes of a job get in its runtime_env, which Ray keeps in its session only."""
+    storage = storage or StorageConfig()
+    key, secret = _setting(storage, "access_key_id"), _setting(storage, "secret_access_key")
+    if not (key and secret):
+        return {}
+    env = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+    if storage.access_key_id is None and os.environ.get("AWS_SESSION_TOKEN"):
+        env["AWS_SESSION_TOKEN"] = os.environ["AWS_SESSION_TOKEN"]
+    return env
+
+
+@contextlib.contextmanager
+def credentials_in_env(storage: StorageConfig | None) -> Iterator[None]:
+    """This process's environment holds the config's S3 keys for the block (restored after): the driver's own
+    credential-free copies (Tune's scheduler, unpickled state) resolve with them, and Tune hands them to its trials."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+    env = credential_env(storage)
+    if env and "AWS_SESSION_TOKEN" not in env:  # the config's keys: an environment session token belongs to others
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def resolve(uri: str | os.PathLike[str] | Location, storage: StorageConfig | None = None) -> Location:
@@ -419,6 +470,91 @@ def check_writable(loc: Location) -> None:
     probe = loc.join(f".unet-dist-probe-{uuid.uuid4().hex[:8]}")
     probe.write_bytes(b"ok")
     probe.rm(recursive=False)
+
+
+@dataclass
+class Removal:
+    """What :func:`remove_tree` really did: files removed, files only hidden behind a delete marker (a versioned
+    bucket keeps their bytes) and files refused (``"key: Code (message)"``)."""
+
+    removed: int = 0
+    hidden: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def freed(self) -> bool:
+        return not self.hidden and not self.errors
+
+
+def remove_tree(loc: Location, purge_versions: bool = False) -> Removal:
+    """Delete every file under ``loc``, checking each one: on S3 the bulk delete's per-key ``Errors`` and
+    ``DeleteMarker`` answers are read (s3fs's ``rm`` ignores them); ``purge_versions`` deletes every version of
+    each key (a versioned bucket then frees the bytes)."""
+    if not loc.is_s3:
+        return _remove_local(loc.path)
+    bucket, _, prefix = loc.path.partition("/")
+    keys = _s3_keys(loc, bucket, prefix.rstrip("/") + "/", purge_versions)
+    out = Removal()
+    for start in range(0, len(keys), 1000):
+        resp = _call(loc, loc.fs.call_s3, "delete_objects", Bucket=bucket,
+                     Delete={"Objects": keys[start:start + 1000], "Quiet": False})
+        for done in resp.get("Deleted", []):
+            if done.get("DeleteMarker") and not done.get("VersionId"):
+                out.hidden += 1
+            else:
+                out.removed += 1
+        out.errors += [f"{e.get('Key')}: {e.get('Code')} ({e.get('Message')})" for e in resp.get("Errors", [])]
+    loc.fs.invalidate_cache(loc.path)
+    return out
+
+
+def _s3_keys(loc: Location, bucket: str, prefix: str, versions: bool) -> list[dict[str, str]]:
+    """``[{"Key"}]`` of every object under ``prefix`` (with ``versions``: ``{"Key", "VersionId"}`` of every version
+    and delete marker), across pages."""
+    op, token_in, token_out = (("list_object_versions", "KeyMarker", "NextKeyMarker") if versions else
+                               ("list_objects_v2", "ContinuationToken", "NextContinuationToken"))
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    keys: list[dict[str, str]] = []
+    while True:
+        page = _call(loc, loc.fs.call_s3, op, **kwargs)
+        if versions:
+            keys += [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                     for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]]
+        else:
+            keys += [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return keys
+        kwargs[token_in] = page[token_out]
+        if versions and page.get("NextVersionIdMarker"):
+            kwargs["VersionIdMarker"] = page["NextVersionIdMarker"]
+
+
+def _remove_local(path: str) -> Removal:
+    out = Removal()
+    for folder, _, files in os.walk(path, topdown=False):
+        for name in files:
+            try:
+                os.remove(os.path.join(folder, name))
+                out.removed += 1
+            except OSError as err:
+                out.errors.append(f"{os.path.join(folder, name)}: {err.strerror or err}")
+        try:
+            os.rmdir(folder)
+        except OSError as err:
+            if not out.errors:
+                out.errors.append(f"{folder}: {err.strerror or err}")
+    return out
+
+
+def bucket_versioning(loc: Location) -> str | None:
+    """``"Enabled"``/``"Suspended"`` for a versioned S3 bucket (deletes there only add delete markers); ``None`` for
+    an unversioned bucket, a local folder, or when S3 does not say."""
+    if not loc.is_s3:
+        return None
+    try:
+        return _call(loc, loc.fs.call_s3, "get_bucket_versioning", Bucket=loc.path.split("/")[0]).get("Status")
+    except Exception:
+        return None
 
 
 def ray_storage(loc: Location) -> tuple[str, pafs.FileSystem | None]:

@@ -30,8 +30,9 @@ def collect_tree(isbi_small_dir: Path, s3_server: dict, ray_tmpdir: Path, tmp_pa
     from unet_dist.tune import run_campaign
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False,
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        from tests.conftest import RAY_RUNTIME_ENV
+
+        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
     root = f"s3://{s3_server['bucket']}/collect-tree"
     dataset = f"{root}-data"
     ingest(str(isbi_small_dir), dataset, IngestConfig(split=(0.5, 0.25, 0.25), seed=0), progress=False)

@@ -163,3 +163,87 @@ def test_export_refuses_dest_inside_storage_or_a_run_and_empty_storage(exported:
     (tmp_path / "empty").mkdir()
     assert main(["export", str(tmp_path / "empty"), str(tmp_path / "store")]) == 2
     assert "no runs or campaigns" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../../x", "ABSOLUTE"])
+def test_export_refuses_a_marker_naming_a_file_outside_the_checkpoint(collect_tree: dict, tmp_path: Path, capsys,
+                                                                      name: str) -> None:
+    """A COMPLETE marker listing ``../../x`` (or an absolute path) would read outside STORAGE and write outside DEST:
+    export refuses it in one line naming the checkpoint and the name, before writing anything."""
+    storage = copy_tree(collect_tree, tmp_path / "storage")
+    source = Path(_best_rows(storage)[0]["best_checkpoint"])
+    planted = source.parent.parent / "x"  # what "../../x" names from the checkpoint folder (a stray file in trials/)
+    planted.write_bytes(b"not a checkpoint file")
+    name = str(planted) if name == "ABSOLUTE" else name
+    marker = json.loads((source / "COMPLETE").read_text())
+    (source / "COMPLETE").write_text(json.dumps({**marker, "files": {**marker["files"], name: planted.stat().st_size}}))
+    store = tmp_path / "store"
+    assert main(["export", storage, str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(source) in err and repr(name) in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()  # "../../x" from DEST/<model>/
+    assert not [p for p in store.rglob("*") if p.is_file()] if store.exists() else True
+
+
+def _retrain_in_place(source: Path, old_marker: bool) -> bytes:
+    """A retrain of the run under the same name, simulated: the source's state.pt gets other weights of the same size
+    (other bytes, same length), and a matching marker (with its SHA-256, or in the older form without one)."""
+    import hashlib
+    import io
+
+    from unet_dist.runs import marker_text
+
+    old = (source / "state.pt").read_bytes()
+    state = torch.load(io.BytesIO(old), weights_only=True)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point() and v.numel() > 1)
+    state["model"][key] = state["model"][key] + 1.0
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    new = buf.getvalue()
+    assert len(new) == len(old) and new != old
+    (source / "COMPLETE").unlink()
+    (source / "state.pt").write_bytes(new)
+    sha = None if old_marker else {"state.pt": hashlib.sha256(new).hexdigest()}
+    (source / "COMPLETE").write_text(marker_text({"state.pt": len(new)}, state["epoch"], sha))
+    return new
+
+
+@pytest.mark.parametrize("old_marker", [False, True], ids=["sha256-marker", "marker-without-sha256"])
+def test_reexport_after_a_retrain_under_the_same_name_copies_the_new_weights(collect_tree: dict, tmp_path: Path,
+                                                                              old_marker: bool) -> None:
+    import hashlib
+
+    storage = copy_tree(collect_tree, tmp_path / "storage")
+    store = tmp_path / "store"
+    first = export(storage, str(store), top=1)
+    model = first.models[0]
+    alias_before = json.loads((store / "champion" / "alias.json").read_text())
+    new = _retrain_in_place(Path(model.source), old_marker)
+    again = export(storage, str(store), top=1)
+    assert again.models[0].name == model.name and again.models[0].copied and again.bytes_copied == len(new)
+    assert (store / model.name / "state.pt").read_bytes() == new
+    card = json.loads((store / model.name / "model.json").read_text())
+    assert card["files"]["state.pt"] == {"bytes": len(new), "sha256": hashlib.sha256(new).hexdigest()}
+    alias = json.loads((store / "champion" / "alias.json").read_text())
+    assert alias["model"] == model.name and alias["sha256"] != alias_before["sha256"]
+    champion, retrained = load_checkpoint(str(store / "champion")), torch.load(Path(model.source) / "state.pt", weights_only=True)
+    assert all(torch.equal(v, retrained["model"][k]) for k, v in champion["model"].items())
+    third = export(storage, str(store), top=1)  # and unchanged again after that
+    assert not third.models[0].copied and json.loads((store / "champion" / "alias.json").read_text()) == alias
+
+
+def test_a_diverged_run_is_never_exported(collect_tree: dict, tmp_path: Path) -> None:
+    """A best value of NaN (a diverged run's record) ranks last and is not exported, even asked for every model."""
+    import math
+
+    storage = copy_tree(collect_tree, tmp_path / "storage")
+    rows = _best_rows(storage)
+    top = Path(rows[0]["run_uri"]) / "run.json"
+    record = json.loads(top.read_text())
+    record["best"]["value"] = float("nan")
+    top.write_text(json.dumps(record))
+    board = collect(storage, write=False)
+    assert board.rows[0]["trial"] != rows[0]["trial"] and math.isnan(
+        next(r["best_value"] for r in board.rows if r["trial"] == rows[0]["trial"]))
+    result = export(storage, str(tmp_path / "store"), top=10)
+    assert rows[0]["best_checkpoint"] not in [m.source for m in result.models] and result.models

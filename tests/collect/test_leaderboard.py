@@ -245,3 +245,37 @@ def test_rerun_requests_on_s3(s3_copy: Location) -> None:
     changed = collect(s3_copy, statuses=["running"])
     assert calls["GetObject"] == gets and changed.stats["read"] == 1
     assert [r["trial"] for r in changed.rows] == [trial.rsplit("/", 1)[-1]]
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_nan_or_infinite_value_ranks_with_the_rows_without_one(mode: str) -> None:
+    """A diverged trial (NaN val_loss) never ranks first: it goes with the no-value rows, last (min and max modes)."""
+    from unet_dist.collect.leaderboard import rank
+
+    values = {"nan": float("nan"), "a": 0.3, "none": None, "inf": float("inf"), "b": 0.5, "ninf": float("-inf")}
+    rows = [{"campaign": "c", "trial": t, "metric": "val_loss", "best_value": v} for t, v in values.items()]
+    ranked = rank(rows, "val_loss", mode)
+    assert [r["trial"] for r in ranked] == (["b", "a"] if mode == "max" else ["a", "b"]) + ["inf", "nan", "ninf", "none"]
+    assert [r["rank"] for r in ranked] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_same_size_rewrite_with_its_mtime_restored_is_seen_local(local_copy: Path) -> None:
+    """The local index keys a record by inode and ctime too: rewriting run.json in place with the same size and putting
+    its mtime back (what rsync -a, cp -p or a coarse clock leave) still changes its row."""
+    import time
+
+    record_file = local_copy / "single" / "run.json"
+    first = {r["trial"]: r for r in collect(local_copy).rows}
+    assert first["single"]["status"] == "finished"
+    before = os.stat(record_file)
+    text = record_file.read_text()
+    changed = text.replace('"status": "finished"', '"status": "stopped" ', 1)
+    assert changed != text and len(changed) == len(text)
+    time.sleep(0.05)  # past the kernel's coarse timestamp tick, so the ctime moves
+    with open(record_file, "r+") as f:  # in place: the same inode
+        f.write(changed)
+    os.utime(record_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(record_file)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    again = {r["trial"]: r for r in collect(local_copy).rows}
+    assert again["single"]["status"] == "stopped"

@@ -130,3 +130,46 @@ def test_resume_from_is_checked_before_ray(tmp_path) -> None:
         check_resume_from(bigger)
     with pytest.raises(ConfigError, match="train.resume_from: no checkpoint"):
         check_resume_from(load_config(None, [f"train.resume_from={tmp_path / 'missing'}"]))
+
+
+def test_marker_records_each_file_size_and_sha256(tmp_path) -> None:
+    import hashlib
+
+    d = ckpt.save_checkpoint(tmp_path / "epoch_0004", _state(4))
+    marker = json.loads((d / MARKER_FILE).read_text())
+    data = (d / STATE_FILE).read_bytes()
+    assert marker == {"files": {STATE_FILE: len(data)}, "epoch": 4, "sha256": {STATE_FILE: hashlib.sha256(data).hexdigest()}}
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/hostname", "sub/x", "..\\x"])
+def test_a_marker_naming_a_path_is_refused_wherever_a_checkpoint_is_read(tmp_path, name: str) -> None:
+    (tmp_path / "x").write_bytes(b"outside")
+    d = ckpt.save_checkpoint(tmp_path / "epoch_0000", _state(0))
+    marker = json.loads((d / MARKER_FILE).read_text())
+    marker["files"][name] = 7
+    (d / MARKER_FILE).write_text(json.dumps(marker))
+    with pytest.raises(ckpt.CheckpointError, match="bad file name") as err:
+        ckpt.load_checkpoint(str(d))
+    assert repr(name) in str(err.value) and "\n" not in str(err.value)
+    assert list(RunDir(resolve(tmp_path)).checkpoints()) == []  # never resumed from either
+
+
+@pytest.mark.parametrize("tamper", ["subfolder", "marker"])
+def test_checkpoint_upload_refuses_names_that_are_not_plain_files(tmp_path, tamper: str) -> None:
+    """Recorder.upload_checkpoint (Ray's checkpoint_upload_fn) writes plain files of the folder only, checked first."""
+    from types import SimpleNamespace
+
+    from unet_dist.runs import MarkerError
+    from unet_dist.train.recorder import Recorder
+
+    local = ckpt.save_checkpoint(tmp_path / "local", _state(0))
+    if tamper == "subfolder":
+        (local / "sub").mkdir()
+        (local / "sub" / "x").write_bytes(b"x")
+    else:
+        marker = json.loads((local / MARKER_FILE).read_text())
+        (local / MARKER_FILE).write_text(json.dumps({**marker, "files": {**marker["files"], "../../x": 1}}))
+    run = RunDir(resolve(tmp_path / "run"))
+    with pytest.raises(MarkerError, match="bad file name"):
+        Recorder.upload_checkpoint(SimpleNamespace(run=run), SimpleNamespace(path=str(local)), "epoch_0000")
+    assert not (tmp_path / "run").exists()

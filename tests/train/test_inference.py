@@ -53,7 +53,9 @@ def trained(tmp_path_factory, ray_tmpdir):
                              "resources.cpus_per_worker=0.5", "resources.torch_threads=1", "resources.use_gpu=false",
                              "train.epochs=2", "train.lr=0.003", "train.name=infer"])
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False)
+        from tests.conftest import RAY_RUNTIME_ENV
+
+        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
     summary = fit(cfg, progress=False)
     return root, summary.best_checkpoint
 

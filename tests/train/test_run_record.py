@@ -125,3 +125,36 @@ def test_bad_weights_fail_fast_before_ray(kind, synthetic_dataset, tmp_path) -> 
     assert err.count("\n") == 0 and "model.weights" in err and "Traceback" not in err
     assert "weights_only=False" not in err and not marker.exists()
     assert not (tmp_path / "ray").exists(), "Ray was started before the weights were checked"
+
+
+@pytest.mark.ray
+def test_an_extended_run_keeps_its_best_from_its_first_write(small_config, ray_local, synthetic_dataset, tmp_path,
+                                                             monkeypatch) -> None:
+    """A finished run extended by one epoch with an absurd LR (``--set train.epochs=2 --set train.lr=1000``): its
+    run.json names the old best, its epochs and start time from the first write of the resume on (gc in that window
+    keeps the best), and the worse new epoch never replaces that best."""
+    from unet_dist.train import trainer
+
+    args = (synthetic_dataset, str(tmp_path), *COMMON, "train.name=grow", "train.num_to_keep=1")
+    first = fit(small_config(*args, "train.epochs=1", "train.lr=0.01"), progress=False)
+    run = RunDir(resolve(tmp_path) / "grow")
+    before = run.read_record()
+    at_start: list[dict] = []
+    real_run = trainer._run
+
+    def spy(*a, **kw):  # the record as the resumed training starts, before its first new epoch
+        at_start.append(run.read_record())
+        return real_run(*a, **kw)
+
+    monkeypatch.setattr(trainer, "_run", spy)
+    fit(small_config(*args, "train.epochs=2", "train.lr=1000"), progress=False)
+    start = at_start[0]
+    assert start["status"] == "running" and start["resumed_at"] and start["epochs_planned"] == 2
+    for key in ("best_checkpoint", "best", "best_epoch", "epochs", "started_at"):
+        assert start[key] == before[key], key
+    assert start["best_checkpoint"] == first.best_checkpoint and start["epochs"] == 1
+    rows = run.metrics()
+    assert [r["epoch"] for r in rows] == [0, 1] and not rows[1]["val_mean_iou"] > rows[0]["val_mean_iou"]
+    record = run.read_record()
+    assert record["status"] == "finished" and record["epochs"] == 2
+    assert record["best_epoch"] == 0 and record["best_checkpoint"] == first.best_checkpoint

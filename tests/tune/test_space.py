@@ -132,3 +132,80 @@ def test_restored_asha_stops_a_trial_below_the_rungs_recorded_before_the_restore
     empty.set_search_properties("val_mean_iou", "max")
     empty.on_trial_add(None, slow)
     assert empty.on_trial_result(None, slow, {"epochs_done": 4, "val_mean_iou": 0.5}) == TrialScheduler.CONTINUE
+
+
+def test_a_large_valid_space_is_checked_exactly_and_fast() -> None:
+    """Over 4096 probe combinations: each value is checked against the keys it depends on, not alone over the base,
+    so maxunpool (valid with scratch, not with resnet18) is kept; a value impossible everywhere is still refused."""
+    import time
+
+    from unet_dist.tune.space import MAX_ENUMERATED
+
+    space = {
+        "model.backbone": {"choice": ["scratch", "resnet18", "resnet34", "vgg11"]},
+        "model.unpooling": {"grid": ["transpose", "bilinear", "maxunpool"]},
+        "model.pooling": {"choice": ["max", "avg"]},
+        "model.dropout": {"choice": [0.0, 0.1, 0.2, 0.3]},
+        "model.activation": {"choice": ["relu", "silu"]},
+        "train.lr": {"choice": [1e-4 * i for i in range(1, 17)]},
+        "train.weight_decay": {"choice": [0.0, 1e-5, 1e-4, 1e-3]},
+        "data.batch_size": {"grid": [2, 4]},
+        "train.warmup_epochs": {"randint": [0, 3]},
+    }
+    check_space(_cfg({"train.lr": {"uniform": [0.001, 0.01]}}))  # imports (Ray's distributions) out of the timing
+    start = time.perf_counter()
+    checked = check_space(_cfg(space, "model.backbone=resnet18"))  # a base where maxunpool alone is impossible
+    seconds = time.perf_counter() - start
+    combos = 4 * 3 * 2 * 4 * 2 * 16 * 4 * 2 * 2
+    assert combos > MAX_ENUMERATED and seconds < 1.0, seconds
+    assert {p["model.unpooling"] for p in checked.grid} == {"transpose", "bilinear", "maxunpool"}
+    assert len(checked.grid) == 6 and checked.skipped == []
+    # grid maxunpool with a grid of backbones: resnet18 x maxunpool is impossible whatever is sampled, scratch is not
+    grid = {**space, "model.backbone": {"grid": ["scratch", "resnet18"]}}
+    checked = check_space(_cfg(grid, "model.backbone=resnet18"))
+    assert [s["params"] for s in checked.skipped] == [
+        {"model.unpooling": "maxunpool", "data.batch_size": b, "model.backbone": "resnet18"} for b in (2, 4)]
+    assert "maxunpool" in checked.skipped[0]["reason"] and len(checked.grid) == 3 * 2 * 2 - 2
+    for bad, needle in [({"model.activation": {"choice": ["relu", "bogus"]}}, "model.activation: value 'bogus' is invalid"),
+                        ({"model.backbone": {"choice": ["resnet18", "resnet9"]}}, "model.backbone: value 'resnet9' is invalid"),
+                        ({"model.backbone": {"choice": ["resnet18", "vgg11"]}, "model.unpooling": {"grid": ["maxunpool"]}},
+                         "model.backbone: value 'resnet18' is invalid: model.unpooling: 'maxunpool' cannot be used"),
+                        ({"model.backbone": {"choice": ["resnet18", "resnet34"]}, "model.unpooling": {"grid": ["maxunpool"]}},
+                         "every point is impossible")]:
+        with pytest.raises(ConfigError) as err:
+            check_space(_cfg({**space, **bad}))
+        assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cross_field_keys_cover_what_each_section_validator_reads() -> None:
+    """The keys space.py checks together are every field a section's model validator reads (recorded through a proxy,
+    over configs that take each branch): a validator reading a new field must be listed in CROSS_FIELD."""
+    from unet_dist.config import Config
+    from unet_dist.tune.space import CROSS_FIELD
+
+    class Reads:
+        def __init__(self, obj) -> None:
+            object.__setattr__(self, "_obj", obj)
+            object.__setattr__(self, "seen", set())
+
+        def __getattr__(self, name: str):
+            self.seen.add(name)
+            return getattr(self._obj, name)
+
+    variants = {"model": [{}, {"unpooling": "maxunpool"}, {"unpooling": "maxunpool", "backbone": "resnet18"},
+                          {"unpooling": "maxunpool", "pooling": "avg"}, {"weights": "IMAGENET1K_V1", "backbone": "resnet18"},
+                          {"weights": "/tmp/enc.pt"}, {"depth": 9}]}
+    for section, field in Config.model_fields.items():
+        cls = field.annotation
+        if section in ("tune", "storage", "resources"):  # never searched
+            continue
+        for validator in cls.__pydantic_decorators__.model_validators.values():
+            seen: set[str] = set()
+            for change in variants.get(section, [{}]):
+                proxy = Reads(cls.model_construct(**{**cls().model_dump(), **change}))
+                try:
+                    validator.func(proxy)
+                except (ValueError, ConfigError):
+                    pass
+                seen |= proxy.seen
+            assert seen and seen <= CROSS_FIELD[section], (section, seen - CROSS_FIELD.get(section, set()))

@@ -3,12 +3,13 @@
 A model store ``DEST/`` (local or ``s3://``) holds::
 
     <model>/state.pt          # the checkpoint's state file, byte for byte (never re-pickled) ...
-    <model>/COMPLETE          # ... its marker (file sizes, epoch), copied after it ...
+    <model>/COMPLETE          # ... its marker (file sizes and SHA-256s, epoch), copied after it ...
     <model>/model.json        # ... and the card, written last: a folder without one is an export cut short
     champion/alias.json       # {"model": "<model>", ...}: the best model of the latest export
 
 ``<model>`` is ``<campaign>-<trial>-epoch_NNNN`` (``<run>-epoch_NNNN`` for a single run): the same source checkpoint
-always lands in the same folder, so exporting again copies nothing twice (a different source that would take a
+always lands in the same folder, so exporting again copies nothing twice while its content (each file's size and
+SHA-256) is the same (a retrained run is copied again; a different source that would take a
 taken name gets ``-<hash of its URI>`` appended). The card holds the run's config (no credentials), the searched
 values, the metrics of the exported epoch (per-class IoU and Dice, confusion matrix), the monitored metric, the
 dataset (URI, manifest, fingerprint), the code version, the creation time, the source checkpoint URI and each
@@ -19,7 +20,8 @@ model's card, so it never names a partly copied model; it names a sibling folder
 is moved or synced elsewhere. Every checkpoint reference (``evaluate``, ``predict``, ``train.resume_from``,
 ``model.weights``) accepts ``DEST/<model>`` and ``DEST/champion`` (see :func:`unet_dist.train.checkpoint.state_location`).
 
-Each export also pins its source in ``STORAGE/exports/`` so ``unet-dist gc`` never deletes an exported checkpoint.
+Each export also pins its source in ``STORAGE/exports/`` so ``unet-dist gc`` never deletes an exported checkpoint;
+the pin lives until the model is removed on purpose (:func:`remove_export`, ``unet-dist export --remove NAME``).
 Ranking is the leaderboard's (:func:`unet_dist.collect.leaderboard.collect`); no Ray, no checkpoint is loaded.
 """
 
@@ -34,11 +36,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 from unet_dist import __version__
-from unet_dist.collect.leaderboard import Leaderboard, collect
+from unet_dist.collect.leaderboard import Leaderboard, collect, sort_value
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
-from unet_dist.runs import CAMPAIGN_RECORD, MARKER_FILE, METRICS_FILE, RUN_RECORD, RunDir, is_complete, now_iso
-from unet_dist.storage import Location, check_writable, resolve
+from unet_dist.runs import (CAMPAIGN_RECORD, MARKER_FILE, METRICS_FILE, RUN_RECORD, MarkerError, RunDir, is_complete,
+                            is_finite, now_iso, parse_marker)
+from unet_dist.storage import Location, check_writable, remove_tree, resolve
 from unet_dist.train.checkpoint import ALIAS_FILE, CHAMPION, MODEL_CARD
 
 PINS_DIR = "exports"
@@ -143,7 +146,7 @@ def export(storage: str | Location, dest: str | Location, *, top: int = 1, campa
     root, store = resolve(storage, storage_cfg), resolve(dest, storage_cfg)
     board = ranked(root, campaigns, storage_cfg)
     check_dest(store, root)
-    rows = [r for r in board.rows if r.get("best_checkpoint")][:top]
+    rows = [r for r in board.rows if r.get("best_checkpoint") and _rankable(r, board.metric)][:top]
     if not rows:
         raise UserError(f"no run under {root.uri} has a complete best checkpoint to export "
                         f"({board.summary()}); train longer or check `unet-dist collect`")
@@ -173,11 +176,25 @@ def export(storage: str | Location, dest: str | Location, *, top: int = 1, campa
     return result
 
 
+def _rankable(row: dict[str, Any], metric: str) -> bool:
+    """A row whose ranked value is missing (ranked last) or finite: a diverged run (NaN) is never exported."""
+    value = sort_value(row, metric)
+    return value is None or is_finite(value)
+
+
+def content_digest(files: dict[str, dict[str, Any]]) -> str:
+    """One SHA-256 over a model's files (``{name: {"bytes", "sha256"}}``, as its card records them)."""
+    listed = sorted((name, f.get("bytes"), f.get("sha256")) for name, f in files.items())
+    return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
+
+
 def _crown(store: Location, best: dict[str, Any], board: Leaderboard) -> str:
-    """Point ``DEST/champion`` at ``best`` (after its card exists); left as it is when it already does."""
+    """Point ``DEST/champion`` at ``best`` (after its card exists); left as it is when it already does. The alias
+    holds the model's content digest, so it is rewritten when a model of the same name got new weights."""
     alias = store / CHAMPION / ALIAS_FILE
+    card = _read_json(best["folder"] / MODEL_CARD) or {}
     body = {"model": best["name"], "source": best["source"].uri, "metric": board.metric, "mode": board.mode,
-            "value": best["row"].get("best_value")}
+            "value": best["row"].get("best_value"), "sha256": content_digest(card.get("files") or {})}
     old = _read_json(alias) or {}
     if {k: old.get(k) for k in body} != body:
         alias.write_text(json.dumps({**body, "updated_at": now_iso()}, indent=2) + "\n")
@@ -190,7 +207,9 @@ def _params(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan(row: dict[str, Any], root: Location, store: Location) -> dict[str, Any]:
-    """Where a row's checkpoint goes, whether it is already there, and its size."""
+    """Where a row's checkpoint goes, whether it is already there (same source and the same content: every file's
+    size and SHA-256 as the source's marker records them, or as hashed from the source for a marker without them),
+    and its size. A marker listing a name that is not a plain file name is refused (a one-line UserError)."""
     source = root.join(relative(row["best_checkpoint"], root))
     name = model_name(row)
     folder = store / name
@@ -199,10 +218,19 @@ def _plan(row: dict[str, Any], root: Location, store: Location) -> dict[str, Any
         name = f"{name}-{hashlib.sha256(source.uri.encode()).hexdigest()[:8]}"
         folder = store / name
         card = _read_json(folder / MODEL_CARD)
-    files = json.loads((source / MARKER_FILE).read_text())["files"]
-    unchanged = card is not None and card.get("source") == source.uri and is_complete(folder)
+    marker_bytes = (source / MARKER_FILE).read_bytes()
+    try:
+        marker = parse_marker(marker_bytes)
+    except MarkerError as err:
+        raise UserError(f"cannot export checkpoint {source.uri}: {err}; nothing was exported") from None
+    files, digests = marker["files"], marker["sha256"] or {}
+    unchanged = False
+    if card is not None and card.get("source") == source.uri and is_complete(folder):
+        if set(digests) != set(files):  # an older marker, without SHA-256s: hash the source
+            digests = {n: _hash(source / n) for n in files}
+        unchanged = card.get("files") == {n: {"bytes": files[n], "sha256": digests[n]} for n in files}
     return {"row": row, "name": name, "folder": folder, "source": source, "files": files,
-            "bytes": sum(files.values()), "unchanged": unchanged}
+            "sha256": marker["sha256"] or {}, "marker": marker_bytes, "bytes": sum(files.values()), "unchanged": unchanged}
 
 
 def _read_json(loc: Location) -> dict[str, Any] | None:
@@ -217,11 +245,24 @@ def _write_model(plan: dict[str, Any], advance: Callable[[int], None]) -> None:
     folder, source = plan["folder"], plan["source"]
     (folder / MODEL_CARD).rm(recursive=False)
     digests = {name: _copy(source / name, folder / name, advance) for name in plan["files"]}
-    (folder / MARKER_FILE).write_bytes((source / MARKER_FILE).read_bytes())
+    changed = sorted(n for n, d in plan["sha256"].items() if digests.get(n) != d)
+    if changed:
+        raise StorageError(f"copy of {source.uri} to {folder.uri}: {', '.join(changed)} does not match the SHA-256 in "
+                           f"its {MARKER_FILE} (the checkpoint changed during the copy, or is corrupt): export again")
+    (folder / MARKER_FILE).write_bytes(plan["marker"])
     if not is_complete(folder):
         raise StorageError(f"copy of {source.uri} to {folder.uri} does not match its {MARKER_FILE}: export again")
     card = model_card(plan, {n: {"bytes": plan["files"][n], "sha256": d} for n, d in digests.items()})
     (folder / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+
+
+def _hash(loc: Location) -> str:
+    """The SHA-256 of a file on storage, streamed."""
+    digest = hashlib.sha256()
+    with loc.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _copy(src: Location, dst: Location, advance: Callable[[int], None]) -> str:
@@ -269,9 +310,14 @@ def scrub(value: Any) -> Any:
     return value
 
 
+def _pin_loc(root: Location, model_uri: str) -> Location:
+    """``STORAGE/exports/<id>.json``, the pin of the model at ``model_uri``."""
+    return root / PINS_DIR / f"{hashlib.sha256(model_uri.encode()).hexdigest()[:16]}.json"
+
+
 def _pin(root: Location, plan: dict[str, Any]) -> list[str]:
     """Record in STORAGE that ``plan``'s source is exported (gc keeps it); a warning if STORAGE is read-only."""
-    pin = root / PINS_DIR / f"{hashlib.sha256(plan['folder'].uri.encode()).hexdigest()[:16]}.json"
+    pin = _pin_loc(root, plan["folder"].uri)
     body = {"model": plan["folder"].uri, "source": relative(plan["source"].uri, root), "pinned_at": now_iso()}
     try:
         if (_read_json(pin) or {}).get("source") != body["source"]:
@@ -282,16 +328,35 @@ def _pin(root: Location, plan: dict[str, Any]) -> list[str]:
 
 
 def pinned_sources(root: Location) -> dict[str, str]:
-    """``{source checkpoint (relative to STORAGE): model URI}`` of every export pin whose model still has its card."""
+    """``{source checkpoint (relative to STORAGE): model URI}`` of every export pin. A pin lives until
+    :func:`remove_export` removes it: whether its model store is visible from here (another machine or mount, a
+    re-export under way) does not matter."""
     out: dict[str, str] = {}
     for pin in (root / PINS_DIR).ls():
         body = _read_json(pin)
-        if not body or "source" not in body:
-            continue
-        try:
-            alive = resolve(body["model"], root.storage).join(MODEL_CARD).exists()
-        except UserError:
-            alive = True
-        if alive:
-            out[body["source"]] = body["model"]
+        if body and "source" in body:
+            out[body["source"]] = body.get("model", pin.uri)
     return out
+
+
+def remove_export(storage: str | Location, dest: str | Location, name: str,
+                  storage_cfg: StorageConfig | None = None) -> dict[str, Any]:
+    """Remove the model ``DEST/NAME`` on purpose: its folder, then (when it names it) the champion alias, then its
+    pin in ``STORAGE/exports/`` (last: gc keeps the source until the model is really gone)."""
+    root, store = resolve(storage, storage_cfg), resolve(dest, storage_cfg)
+    if not name or "/" in name or name in (".", "..", CHAMPION):
+        raise UserError(f"--remove takes a model name in {store.uri} (a folder name, not {name!r})")
+    folder, pin = store / name, _pin_loc(root, (store / name).uri)
+    source = (_read_json(pin) or {}).get("source")
+    if not folder.exists() and not pin.exists():
+        raise UserError(f"no exported model {name} in {store.uri} and no pin for it in {root.uri}/{PINS_DIR}")
+    gone = remove_tree(folder)
+    if not gone.freed:
+        raise StorageError(f"could not remove {folder.uri} ({(gone.errors or ['versioned bucket: delete markers only'])[0]}); "
+                           "its pin is kept")
+    alias = store / CHAMPION / ALIAS_FILE
+    champion = (_read_json(alias) or {}).get("model") == name
+    if champion:
+        alias.rm(recursive=False)
+    pin.rm(recursive=False)
+    return {"model": folder.uri, "source": source, "champion_removed": champion, "files_removed": gone.removed}

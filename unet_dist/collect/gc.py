@@ -3,33 +3,48 @@
 Only checkpoint folders (``epoch_NNNN/``) of runs and trials the leaderboard reads are ever deleted; records,
 metrics, TensorBoard logs, Ray Tune's state, model stores and folders that are not runs are never touched. Kept:
 
+- every checkpoint Ray's snapshot (``RUN/checkpoint_manager_snapshot.json``) references in a run that is not
+  terminal (anything but finished, early_stopped, invalid): ``train --name`` / ``tune --resume`` restore it;
 - the best checkpoint of the ``keep_best`` best runs or trials (ranked as the leaderboard ranks them);
-- each run's best checkpoint (``keep_trial_best``) and/or its newest complete one (``keep_latest``);
-- every checkpoint an export pinned (``STORAGE/exports/``, see :mod:`unet_dist.collect.export`) while its model exists;
+- each run's best checkpoint (``keep_trial_best``) and its newest complete one (``keep_latest``, on by default:
+  a resume or an extension with more epochs starts from it);
+- every checkpoint an export pinned (``STORAGE/exports/``, see :mod:`unet_dist.collect.export`), until the export
+  is removed (``unet-dist export --remove``), whether or not its model store is visible from here;
 - a ``running`` run's newest complete checkpoint and anything newer (being written).
 
 Everything else goes, orphans included: folders without a complete ``COMPLETE`` marker (an upload or a crash cut
 short) and checkpoints of epochs after the last one a stopped run recorded (ASHA-stopped trials train on briefly).
-A run whose record cannot be read is left alone. The plan is computed from one listing; ``--yes`` deletes exactly it.
+Before a terminal run loses a checkpoint its snapshot references, the snapshot is rewritten without it (so the run
+can still be extended). A run whose record cannot be read, or a snapshot that cannot be parsed, is left alone.
+
+The plan is computed from one listing and has a digest; ``write_plan``/``verified_plan`` (``--plan FILE``) let
+``--yes`` delete exactly a plan reviewed earlier, or refuse when storage changed since. Each deletion is checked
+(:func:`unet_dist.storage.remove_tree`): refused objects and delete markers of a versioned bucket are reported,
+never counted as freed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from unet_dist.collect import ray_snapshot
 from unet_dist.collect.export import pinned_sources, ranked, relative
 from unet_dist.collect.scan import RunFolder, find_runs, list_tree
 from unet_dist.config import StorageConfig
-from unet_dist.errors import UserError
-from unet_dist.storage import Location, resolve
+from unet_dist.errors import StorageError, UserError
+from unet_dist.storage import Location, Removal, bucket_versioning, remove_tree, resolve
 
 DEFAULT_KEEP_BEST = 3
+TERMINAL = frozenset({"finished", "early_stopped", "invalid"})
+"""Run statuses nothing resumes (``train --name`` extends a finished run, so its snapshot is rewritten, not ignored)."""
 _EPOCH = re.compile(r"^epoch_\d+$")
 
 
@@ -47,29 +62,41 @@ class Item:
 
 @dataclass
 class GcPlan:
-    """What gc keeps and deletes under ``storage`` (``deleted``: whether the deletions were carried out)."""
+    """What gc keeps and deletes under ``storage``. After :func:`collect_garbage` (``deleted``): ``removed`` names
+    the folders really gone, ``failed`` the others (``{"uri", "why"}``: refused, or only hidden by delete markers)."""
 
     storage: str
     policy: dict[str, Any]
     keep: list[Item] = field(default_factory=list)
     delete: list[Item] = field(default_factory=list)
     deleted: bool = False
+    removed: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def bytes_freed(self) -> int:
-        return sum(i.bytes for i in self.delete)
+        """Bytes the plan frees (dry run), or really freed (after the deletions)."""
+        gone = set(self.removed)
+        return sum(i.bytes for i in self.delete if not self.deleted or i.uri in gone)
 
     @property
     def bytes_kept(self) -> int:
         return sum(i.bytes for i in self.keep)
 
+    @property
+    def digest(self) -> str:
+        """12 hex digits naming what this plan deletes (storage, policy and every folder with its size)."""
+        body = [self.storage, sorted(self.policy.items()), sorted((i.uri, i.bytes, i.complete) for i in self.delete)]
+        return hashlib.sha256(json.dumps(body, default=str).encode()).hexdigest()[:12]
+
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "dry_run": not self.deleted, "bytes_freed": self.bytes_freed,
-                           "bytes_kept": self.bytes_kept})
+                           "bytes_kept": self.bytes_kept, "digest": self.digest})
 
 
 def plan(storage: str | Location, *, keep_best: int = DEFAULT_KEEP_BEST, keep_trial_best: bool = True,
-         keep_latest: bool = False, campaigns: Sequence[str] | None = None,
+         keep_latest: bool = True, campaigns: Sequence[str] | None = None,
          storage_cfg: StorageConfig | None = None) -> GcPlan:
     """Decide, for every checkpoint folder of the selected runs, whether it is kept (and why) or deleted (and why)."""
     if keep_best < 0:
@@ -81,15 +108,18 @@ def plan(storage: str | Location, *, keep_best: int = DEFAULT_KEEP_BEST, keep_tr
     by_uri = {root.join(f.key).uri: f for f in folders}
     sizes = _sizes(root, listing.files)
     pins = pinned_sources(root)
+    snaps = ray_snapshot.read_referenced(
+        root, [f.key for f in folders if f"{f.key}/{ray_snapshot.SNAPSHOT_FILE}" in listing.files])
     top = {r["run_uri"] for r in [r for r in board.rows if r.get("best_checkpoint")][:keep_best]}
     policy = {"keep_best": keep_best, "keep_trial_best": keep_trial_best, "keep_latest": keep_latest,
               "campaigns": list(campaigns or []), "metric": board.metric, "mode": board.mode}
-    out = GcPlan(root.uri, policy)
+    out = GcPlan(root.uri, policy, notes=_notes(root))
     for row in board.rows:
         folder = by_uri.get(row["run_uri"])
         if folder is None:
             continue
         rules = _Rules(row, folder, pins, row["run_uri"] in top, keep_best, keep_trial_best, keep_latest)
+        rules.snapshot(folder.key in snaps, snaps.get(folder.key))
         for name, complete in sorted(folder.checkpoints.items()):
             rel = f"{folder.key}/{name}"
             size = sizes.get(rel, 0)
@@ -102,15 +132,95 @@ def plan(storage: str | Location, *, keep_best: int = DEFAULT_KEEP_BEST, keep_tr
 
 
 def collect_garbage(gc_plan: GcPlan, storage_cfg: StorageConfig | None = None,
-                    on_item: Callable[[Item], None] | None = None) -> GcPlan:
-    """Delete every folder in ``gc_plan.delete`` (nothing else); ``on_item`` is called after each one."""
+                    on_item: Callable[[Item], None] | None = None, purge_versions: bool = False) -> GcPlan:
+    """Delete every folder in ``gc_plan.delete`` (nothing else), run by run: first the run's Ray snapshot is
+    rewritten without them, then each folder is removed and checked. ``on_item`` is called after each one."""
     root = resolve(gc_plan.storage, storage_cfg)
+    by_run: dict[str, list[Item]] = {}
     for item in gc_plan.delete:
-        root.join(relative(item.uri, root)).rm(recursive=True)
-        if on_item:
-            on_item(item)
+        by_run.setdefault(item.uri.rsplit("/", 1)[0], []).append(item)
+    for run_uri, items in by_run.items():
+        _delete_run(gc_plan, root, root.join(relative(run_uri, root)), items, purge_versions, on_item)
     gc_plan.deleted = True
     return gc_plan
+
+
+def _delete_run(gc_plan: GcPlan, root: Location, run: Location, items: list[Item], purge_versions: bool,
+                on_item: Callable[[Item], None] | None) -> None:
+    try:
+        ray_snapshot.drop(run, {posixpath.basename(i.uri) for i in items})
+    except (StorageError, OSError, ValueError, KeyError, TypeError) as err:
+        gc_plan.failed += [{"uri": i.uri, "why": f"Ray's snapshot could not be rewritten ({err}): not deleted"}
+                           for i in items]
+        return
+    for item in items:
+        try:
+            why = _failure(remove_tree(root.join(relative(item.uri, root)), purge_versions))
+        except (StorageError, OSError) as err:
+            why = str(err)
+        if why:
+            gc_plan.failed.append({"uri": item.uri, "why": why})
+        else:
+            gc_plan.removed.append(item.uri)
+        if on_item:
+            on_item(item)
+
+
+def _failure(done: Removal) -> str | None:
+    """Why a folder was not really freed, or None."""
+    if done.errors:
+        return f"{len(done.errors)} file(s) refused, e.g. {done.errors[0]}"
+    if done.hidden:
+        return (f"versioned bucket: {done.hidden} file(s) only got a delete marker, their bytes are still stored "
+                "(--purge-versions deletes every version)")
+    return None
+
+
+def _notes(root: Location) -> list[str]:
+    status = bucket_versioning(root)
+    if status:
+        return [f"bucket versioning is {status} on {root.uri}: deleting only adds delete markers unless --purge-versions"]
+    return []
+
+
+def write_plan(gc_plan: GcPlan, path: str) -> None:
+    """Save a (dry-run) plan as JSON, for ``--yes --plan FILE``."""
+    Path(path).write_text(gc_plan.to_json() + "\n")
+
+
+def verified_plan(storage: str | Location, path: str, storage_cfg: StorageConfig | None = None) -> GcPlan:
+    """The plan saved in ``path``, once a fresh plan of ``storage`` (same policy) still deletes each of its folders
+    with the same size; else a one-line UserError (nothing is deleted). New garbage is left for the next plan."""
+    saved = _read_plan(path)
+    root = resolve(storage, storage_cfg)
+    if root.uri != saved.storage:
+        raise UserError(f"the plan in {path} is for {saved.storage}, not {root.uri}")
+    policy = {k: saved.policy[k] for k in ("keep_best", "keep_trial_best", "keep_latest")}
+    fresh = plan(root, **policy, campaigns=saved.policy.get("campaigns") or None, storage_cfg=storage_cfg)
+    now = {i.uri: i for i in fresh.delete}
+    changed = [i for i in saved.delete if (now.get(i.uri) is None or (now[i.uri].bytes, now[i.uri].complete)
+                                           != (i.bytes, i.complete))]
+    if changed:
+        kept = {i.uri: i.reason for i in fresh.keep}
+        first = changed[0]
+        why = f"now kept ({kept[first.uri]})" if first.uri in kept else "changed size" if first.uri in now else "gone"
+        raise UserError(f"storage changed since the plan in {path} (digest {saved.digest}): {first.uri} is {why}"
+                        f"{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; nothing was deleted: "
+                        "make and review a new plan (gc STORAGE --plan FILE)")
+    saved.notes = fresh.notes
+    return saved
+
+
+def _read_plan(path: str) -> GcPlan:
+    try:
+        body = json.loads(Path(path).read_text())
+        saved = GcPlan(body["storage"], body["policy"], [Item(**i) for i in body["keep"]],
+                       [Item(**i) for i in body["delete"]])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"cannot read the gc plan {path} ({err}): write one with `unet-dist gc STORAGE --plan FILE`")
+    if not body.get("dry_run") or body.get("digest") != saved.digest:
+        raise UserError(f"{path} is not an unchanged dry-run plan of `unet-dist gc` (its digest does not match)")
+    return saved
 
 
 class _Rules:
@@ -122,16 +232,27 @@ class _Rules:
         self.best = posixpath.basename(row["best_checkpoint"]) if row.get("best_checkpoint") else None
         self.top, self.keep_best, self.keep_trial_best = top, keep_best, keep_trial_best
         self.running = row.get("status") == "running"
+        self.resumable = row.get("status") not in TERMINAL
         self.last = int(row.get("epochs") or 0) - 1
         complete = [_epoch(n) for n, ok in folder.checkpoints.items() if ok]
         recorded = [e for e in complete if self.running or e <= self.last]
         self.newest = max(complete, default=None)
         self.latest = max(recorded, default=None) if keep_latest else None
+        self.tracked: set[str] = set()
+        self.unreadable = False
+
+    def snapshot(self, present: bool, names: set[str] | None) -> None:
+        """What Ray's snapshot references (``present`` but ``names`` None: it could not be parsed)."""
+        self.tracked, self.unreadable = names or set(), present and names is None
 
     def decide(self, name: str, complete: bool, rel: str) -> tuple[bool, str]:
         epoch = _epoch(name)
         if rel in self.pins:
             return True, f"exported to {self.pins[rel]}"
+        if self.unreadable:
+            return True, "Ray's snapshot unreadable: run left alone"
+        if self.resumable and name in self.tracked:
+            return True, f"resumable ({self.row.get('status')}): in Ray's snapshot"
         if self.running and (self.newest is None or epoch >= self.newest):
             return True, "running: newest" if complete else "running: being written"
         if not complete:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence, get_args
 from unet_dist.collect.scan import LEADERBOARD_DIR, RunFolder, find_runs, list_tree, read_many
 from unet_dist.config import StorageConfig
 from unet_dist.errors import UserError
-from unet_dist.runs import METRICS_FILE, RUN_RECORD, Status
+from unet_dist.runs import METRICS_FILE, RUN_RECORD, Status, is_finite
 from unet_dist.storage import Location, resolve
 
 LEADERBOARD_FILE = "leaderboard.parquet"
@@ -198,12 +198,14 @@ def sort_value(row: dict[str, Any], metric: str) -> float | None:
 
 
 def rank(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
-    """Rows best first (rows without a value last, then by campaign and trial), numbered from 1 in ``rank``."""
+    """Rows best first (rows without a finite value last: none, NaN or infinite, as a diverged run reports; then by
+    campaign and trial), numbered from 1 in ``rank``."""
     sign = -1.0 if mode == "max" else 1.0
 
     def key(r: dict[str, Any]) -> tuple:
         v = sort_value(r, metric)
-        return (v is None, sign * v if v is not None else 0.0, r.get("campaign") or "", str(r.get("trial")))
+        ok = is_finite(v)
+        return (not ok, sign * v if ok else 0.0, r.get("campaign") or "", str(r.get("trial")))
 
     return [{"rank": i, **r} for i, r in enumerate(sorted(rows, key=key), 1)]
 

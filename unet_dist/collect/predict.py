@@ -26,7 +26,7 @@ from unet_dist.collect.tiles import Tiling, predict_tiled, tile_boxes
 from unet_dist.config import Config, ResourcesConfig, StorageConfig
 from unet_dist.data.codec import IMAGE_SUFFIXES, decode_image, dtype_range, encode_png, intensity_range
 from unet_dist.errors import DataError, UserError
-from unet_dist.storage import Location, check_writable, resolve, with_env_settings
+from unet_dist.storage import Location, check_writable, credential_env, public_storage, resolve, with_env_settings
 from unet_dist.train.inference import LoadedModel, load_model
 
 OVERLAY_DIR = "overlays"
@@ -215,8 +215,8 @@ def _run_ray(model: LoadedModel, items: list[tuple[Location, str]], out: Locatio
     ds = ray.data.from_items([{"uri": src.uri, "rel": rel} for src, rel in items])
     ds = ds.map_batches(
         PredictActor, batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
-        num_cpus=threads, num_gpus=1 if gpu else 0,
-        fn_constructor_kwargs={"model": (ray.put(model),), "out": out.uri, "storage": with_env_settings(storage),
+        num_cpus=threads, num_gpus=1 if gpu else 0, runtime_env={"env_vars": credential_env(storage)},
+        fn_constructor_kwargs={"model": (ray.put(model),), "out": out.uri, "storage": with_env_settings(public_storage(storage)),
                                "tiling": tiling, "overlay": overlay, "threads": threads})
     for row in ds.iter_rows():
         yield json.loads(row["record"])

@@ -1,7 +1,7 @@
 """Find every run on storage from one recursive listing, and read many small files in few requests.
 
 A listing maps each file's path (relative to the storage root) to a signature (size, ETag and modification time
-on S3; size and mtime locally) that changes whenever the file does; :func:`find_runs` turns it into run folders (single runs
+on S3; inode, ctime, size and mtime locally) that changes whenever the file does; :func:`find_runs` turns it into run folders (single runs
 ``<name>/run.json`` and campaign trials ``<campaign>/trials/<id>/run.json``) and the folders that are not runs,
 without reading a file. Nothing here imports Ray or torch.
 """
@@ -28,8 +28,8 @@ _SIGNED = frozenset({RUN_RECORD, METRICS_FILE})  # the only files whose changes 
 
 @dataclass
 class Listing:
-    """Every file under a root (``files``: relative path -> signature: size, ETag and time on S3, size and mtime
-    locally, where files no row depends on get an empty one),
+    """Every file under a root (``files``: relative path -> signature: size, ETag and time on S3, inode, ctime, size
+    and mtime locally, where files no row depends on get an empty one),
     the folders seen, and the requests it took (list pages on S3, directories scanned locally)."""
 
     files: dict[str, str] = field(default_factory=dict)
@@ -78,11 +78,16 @@ def _list_local(top: str) -> Listing:
                 if not (rel and e.name in _PRUNE):
                     stack.append(path)
             elif e.name in _SIGNED:
-                st = e.stat()
-                out.files[path] = f"{st.st_size}:{st.st_mtime_ns}"
+                out.files[path] = local_signature(e.stat())
             elif e.is_file():
                 out.files[path] = ""
     return out
+
+
+def local_signature(st: os.stat_result) -> str:
+    """A local file's signature: inode and change time (which no copy or ``touch``/``os.utime`` can set back: ``rsync -a``
+    and ``cp -p`` preserve the mtime, not the ctime), plus size and mtime."""
+    return f"{st.st_ino}:{st.st_ctime_ns}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _list_s3(root: Location) -> Listing:

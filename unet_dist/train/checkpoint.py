@@ -2,8 +2,9 @@
 
 A checkpoint directory (``<run>/epoch_NNNN/``, see :mod:`unet_dist.runs`) holds ``state.pt`` (model,
 optimizer, scheduler, scaler, epoch, config, dataset fingerprint, metrics, and the ``inference`` block:
-what a model needs to run on new images without the dataset) and, written last, ``COMPLETE``: a JSON list
-of file sizes. A folder whose sizes do not match its marker (an upload cut short) is never resumed from.
+what a model needs to run on new images without the dataset) and, written last, ``COMPLETE``: the JSON
+file sizes and SHA-256s (plain file names only, see :func:`unet_dist.runs.file_name_problem`). A folder whose sizes
+do not match its marker (an upload cut short) is never resumed from.
 Everything loads with ``torch.load(weights_only=True)``.
 
 A checkpoint *reference* (what ``evaluate``, ``predict``, ``train.resume_from`` and ``model.weights`` accept) is
@@ -15,6 +16,7 @@ reading only JSON; nothing is unpickled or executed on the way.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 import json
@@ -26,7 +28,7 @@ import torch
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
 from unet_dist.models.weights import safe_load
-from unet_dist.runs import MARKER_FILE, STATE_FILE, is_complete, marker_text
+from unet_dist.runs import MARKER_FILE, STATE_FILE, MarkerError, is_complete, marker_text, read_marker
 from unet_dist.storage import Location, resolve
 
 
@@ -35,12 +37,19 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` and then the completeness marker into a local directory."""
+    """Write ``state`` and then the completeness marker (its size and SHA-256) into a local directory."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     torch.save(state, d / STATE_FILE)
-    (d / MARKER_FILE).write_text(marker_text({STATE_FILE: (d / STATE_FILE).stat().st_size}, state.get("epoch")))
+    (d / MARKER_FILE).write_text(marker_text({STATE_FILE: (d / STATE_FILE).stat().st_size}, state.get("epoch"),
+                                             {STATE_FILE: file_sha256(d / STATE_FILE)}))
     return d
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 (hex) of a local file, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 MODEL_CARD = "model.json"
@@ -91,6 +100,11 @@ def _alias_target(folder: Location, alias: Location) -> Location:
 def _check_folder(loc: Location) -> None:
     """Refuse a checkpoint folder cut short: marker sizes that do not match, or a model folder without its card."""
     marker, card = (loc / MARKER_FILE).exists(), (loc / MODEL_CARD).exists()
+    if marker:
+        try:
+            read_marker(loc)
+        except MarkerError as err:
+            raise CheckpointError(f"checkpoint {loc.uri} is refused: {err}") from None
     if marker and not is_complete(loc):
         raise CheckpointError(f"checkpoint {loc.uri} is truncated or corrupt: its files do not match the sizes in "
                               f"{MARKER_FILE} (a copy or upload cut short); use another checkpoint of the run")

@@ -22,10 +22,11 @@ import torch
 
 from unet_dist.config import Config
 from unet_dist.errors import DataError
-from unet_dist.runs import RunDir, checkpoint_dir_name, checkpoint_epoch, is_complete, scalar_metrics
+from unet_dist.runs import RunDir, checkpoint_dir_name, checkpoint_epoch, is_complete, reported_metrics
 from unet_dist.storage import Location, resolve
+from unet_dist.train import collectives
 from unet_dist.train.losses import remap_ignore
-from unet_dist.train.metrics import EpochMeter, confusion_matrix, predict_labels
+from unet_dist.train.metrics import EpochMeter, all_reduce_sum, confusion_matrix, predict_labels
 from unet_dist.train.optim import seek_epoch, seek_fraction, steps_per_epoch
 from unet_dist.train.recorder import NullRecorder, Recorder
 from unet_dist.train.session import quiet_ray_logs
@@ -102,7 +103,7 @@ class SyncedBatches:
             batch = None if late else next(self.it, None)
             flags = torch.tensor([0 if batch is None else 1, 0 if late else 1], dtype=torch.int64)
             if self.distributed:
-                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+                collectives.all_reduce(flags, "min")
             if int(flags.min()) == 0:
                 self.out_of_time = int(flags[1]) == 0
                 return
@@ -150,11 +151,7 @@ def resume_source(run: RunDir, cfg: Config) -> tuple[str | None, bool]:
 
 def _agree(value: Any, distributed: bool) -> Any:
     """Rank 0's value on every rank."""
-    if not distributed:
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
+    return collectives.broadcast_object(value) if distributed else value
 
 
 def _slowest(seconds: float, distributed: bool) -> float:
@@ -162,9 +159,7 @@ def _slowest(seconds: float, distributed: bool) -> float:
     one train time on every rank, so every rank agrees whether the budget is spent."""
     if not distributed:
         return seconds
-    t = torch.tensor([seconds], dtype=torch.float64)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t[0])
+    return float(collectives.all_reduce(torch.tensor([seconds], dtype=torch.float64), "max")[0])
 
 
 def _worker_nodes(distributed: bool) -> list[str]:
@@ -172,11 +167,7 @@ def _worker_nodes(distributed: bool) -> list[str]:
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    if not distributed:
-        return [node]
-    nodes: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(nodes, node)
-    return nodes
+    return collectives.all_gather_object(node) if distributed else [node]
 
 
 @dataclass(frozen=True)
@@ -215,7 +206,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     nodes = _worker_nodes(w.distributed)
     recorder = Recorder(w.run, cfg, extra, spe) if w.rank == 0 else NullRecorder()
     recorder.on_start(start_epoch=state.start_epoch, resumed_from=state.resumed_from, full_state=state.full_state,
-                      world_size=w.world, nodes=nodes)
+                      world_size=w.world, nodes=nodes,
+                      backend=collectives.group_backend())
     shards = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     for epoch in range(state.start_epoch, cfg.train.epochs):
         if state.budget_spent(cfg) or run_epoch(w, cfg, state, shards, config["spec"], recorder, epoch, spe):
@@ -247,12 +239,20 @@ def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any]
            "train_time_s": state.train_time_s}
     local = recorder.on_epoch_end(row, shown, state.snapshot(epoch)) if w.rank == 0 else None
     checkpoint = Checkpoint.from_directory(local) if local else None
-    ray.train.report({**scalar_metrics(row), "epochs_done": epoch + 1}, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch),
+    ray.train.report(ray_metrics(cfg, row), checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch),
                      checkpoint_upload_fn=recorder.upload_checkpoint if local else None)
     if local:
         shutil.rmtree(local, ignore_errors=True)
         recorder.after_report()
     return out_of_time
+
+
+def ray_metrics(cfg: Config, row: dict[str, Any]) -> dict[str, Any]:
+    """What an epoch reports to Ray: its scalar metrics and ``epochs_done``, the monitored metric (which orders Ray's
+    kept checkpoints) and the campaign metric (which ASHA schedules by) at their worst when not finite (a diverged
+    epoch's NaN), so a NaN never ranks first; metrics.jsonl keeps the true values."""
+    watched = [(cfg.train.monitor, cfg.train.monitor_mode), cfg.campaign_metric]
+    return {**reported_metrics(row, watched), "epochs_done": row["epoch"] + 1}
 
 
 def train_epoch(w: Worker, cfg: Config, state: TrainState, shard: Any, spec: Any, recorder: NullRecorder,
@@ -343,7 +343,7 @@ def sync_buffers(model: torch.nn.Module) -> None:
     holds running stats updated from its own batch only.
     """
     for buf in model.buffers():
-        torch.distributed.broadcast(buf.data, src=0)
+        collectives.broadcast(buf.data)
 
 
 @torch.no_grad()
@@ -355,16 +355,21 @@ def validate(model: torch.nn.Module, batches: Any, loss_fn: torch.nn.Module, cfg
 
     The one evaluation pass: the training loop's per-epoch validation and ``unet-dist evaluate``. With
     ``per_image``, appends ``(id, confusion matrix)`` for each image (ids from a batch's ``"id"``, if it has one).
+
+    ``loss`` is exact and the same whatever the batch size and worker count: ``loss_fn`` on each image alone, weighted
+    by its valid pixels (target >= 0: padding and ignored pixels are not), summed in float64 and all-reduced.
     """
     model.eval()
     meter = EpochMeter(cfg.model.num_classes, class_names)
+    loss_sums = torch.zeros(2, dtype=torch.float64)  # sum of loss_i * valid pixels_i, valid pixels
     shown: list[torch.Tensor] = []
     for batch in batches:
         x = torch.as_tensor(batch["image"]).to(device)
         y = remap_ignore(torch.as_tensor(batch["mask"]).to(device).long(), cfg.train.ignore_index)
         with autocast():
             logits = model(x).float()
-        meter.update(logits, y, loss_fn(logits, y).item())
+        meter.update(logits, y)
+        loss_sums += image_loss_sums(loss_fn, logits, y)
         if per_image is not None:
             pred = predict_labels(logits).cpu()
             ids = batch.get("id") or [None] * x.shape[0]
@@ -373,4 +378,19 @@ def validate(model: torch.nn.Module, batches: Any, loss_fn: torch.nn.Module, cfg
             pred = predict_labels(logits).cpu()
             for i in range(min(n_images - len(shown), x.shape[0])):
                 shown.append(overlay(x[i].cpu(), pred[i], y[i].cpu()))
-    return meter.compute(), shown
+    out = meter.compute()
+    loss_sums = all_reduce_sum(loss_sums)
+    out["loss"] = float(loss_sums[0] / loss_sums[1]) if loss_sums[1] > 0 else float("nan")
+    return out, shown
+
+
+def image_loss_sums(loss_fn: torch.nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[sum of loss_i * valid_i, sum of valid_i]`` (float64) over a batch's images, ``loss_i`` the loss of image
+    ``i`` alone and ``valid_i`` its pixels with target >= 0; an image without a valid pixel adds nothing."""
+    out = torch.zeros(2, dtype=torch.float64)
+    for i in range(y.shape[0]):
+        valid = int((y[i] >= 0).sum())
+        if valid:
+            out[0] += float(loss_fn(logits[i:i + 1], y[i:i + 1])) * valid
+            out[1] += valid
+    return out

@@ -66,11 +66,9 @@ def scores(cm: torch.Tensor, class_names: list[str] | None = None) -> dict[str, 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over the process group in place (a no-op outside ``torch.distributed``)."""
-    import torch.distributed as dist
+    from unet_dist.train import collectives
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return collectives.all_reduce(t, "sum")
 
 
 class EpochMeter:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from unet_dist.config import Config
-from unet_dist.runs import EVENTS_FILE, MARKER_FILE, METRICS_FILE, TENSORBOARD_DIR, RunDir, progress_fields, scalar_metrics
+from unet_dist.runs import (EVENTS_FILE, MARKER_FILE, METRICS_FILE, TENSORBOARD_DIR, MarkerError, RunDir, check_file_name,
+                            parse_marker, progress_fields, scalar_metrics)
 from unet_dist.storage import Location
 from unet_dist.train import checkpoint as ckpt
 
@@ -80,11 +81,15 @@ class Recorder(NullRecorder):
         import ray.train
 
         dest = self.run.loc / dir_name
+        files = sorted((f for f in Path(checkpoint.path).rglob("*") if not f.is_dir()), key=lambda f: f.name == MARKER_FILE)
+        for f in files:  # a checkpoint folder holds plain files only: refused before anything is written
+            check_file_name(str(f.relative_to(checkpoint.path)))
+            if f.is_symlink():
+                raise MarkerError(f"checkpoint file {f.name!r} is a link, not a file")
+        parse_marker((Path(checkpoint.path) / MARKER_FILE).read_bytes())
         (dest / MARKER_FILE).rm(recursive=False)
-        files = sorted(Path(checkpoint.path).rglob("*"), key=lambda f: f.name == MARKER_FILE)
         for f in files:
-            if f.is_file():
-                (dest / str(f.relative_to(checkpoint.path))).write_bytes(f.read_bytes())
+            (dest / f.name).write_bytes(f.read_bytes())
         storage = ray.train.get_context().get_storage()
         return ray.train.Checkpoint(posixpath.join(storage.experiment_fs_path, dir_name), filesystem=storage.storage_filesystem)
 

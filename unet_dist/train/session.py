@@ -9,6 +9,7 @@ Ray's own chatter in Ray's log files and shuts down only what it started. :func:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ from typing import Any, Iterator
 
 from unet_dist.config import Config
 from unet_dist.errors import UserError
+from unet_dist.storage import credential_env, credentials_in_env
 
 RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
@@ -122,6 +124,19 @@ def check_address(address: str) -> str:
     return address
 
 
+def with_credentials(runtime_env: dict[str, Any] | None, cfg: Config) -> dict[str, Any] | None:
+    """``runtime_env`` plus the S3 credentials as env_vars (config first, else this environment): how every process
+    of the job (Tune trials, Train controllers and workers, Data tasks) gets them. Ray keeps a job's runtime_env in
+    its session only; a key the submitted job's own runtime_env sets is left to it (Ray refuses the same key twice)."""
+    submitted = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    env = {k: v for k, v in credential_env(cfg.storage).items() if k not in (submitted.get("env_vars") or {})}
+    if not env:
+        return runtime_env
+    runtime_env = dict(runtime_env or {})
+    runtime_env["env_vars"] = {**env, **(runtime_env.get("env_vars") or {})}
+    return runtime_env
+
+
 @contextlib.contextmanager
 def ray_session(cfg: Config, *, verbose: bool = False, **init_kwargs: Any) -> Iterator[bool]:
     """Attach to the named cluster or start a private local Ray for the block; yields True if this call started Ray.
@@ -134,13 +149,15 @@ def ray_session(cfg: Config, *, verbose: bool = False, **init_kwargs: Any) -> It
 
     if ray.is_initialized():
         quiet_ray_logs(verbose)
-        yield False
+        with credentials_in_env(cfg.storage):
+            yield False
         return
     address = check_address(resolve_address(cfg))
     apply_env_defaults(None if address == LOCAL else address)
     if address == LOCAL and (other := running_local_cluster()):
         print(f"note: a Ray cluster runs on this machine ({other}); this command starts a local Ray of its own "
               "(--address auto runs on that one)", file=sys.stderr)
+    init_kwargs["runtime_env"] = with_credentials(init_kwargs.get("runtime_env"), cfg)
     try:
         ray.init(address=address, configure_logging=True, logging_level=logging.INFO if verbose else logging.WARNING,
                  log_to_driver=verbose, **init_kwargs)
@@ -148,7 +165,8 @@ def ray_session(cfg: Config, *, verbose: bool = False, **init_kwargs: Any) -> It
         raise UserError(f"cannot connect to the Ray cluster at {address!r} (resources.address / RAY_ADDRESS): {err}") from None
     quiet_ray_logs(verbose)
     try:
-        yield True
+        with credentials_in_env(cfg.storage):
+            yield True
     finally:
         ray.shutdown()
 
@@ -182,22 +200,53 @@ def decide_gpu(cfg: Config) -> GpuDecision:
 def launchable_gpu_node_types() -> dict[str, float]:
     """``{node type: GPUs per node}`` of autoscaler node types that have GPUs and may launch nodes.
 
-    Read from the cluster config the autoscaler publishes to the GCS when there is one, else from the
-    autoscaling config on the head node (the launcher's ``~/ray_bootstrap_config.yaml``, or the
-    ``--autoscaling-config`` a head was started with), read by a zero-CPU task on the head. Empty when the
-    cluster has no autoscaler.
+    Read from the cluster config the autoscaler publishes to the GCS when it names GPU groups, else from
+    :data:`GPU_GROUPS_ENV` (the driver's environment, then the head's: KubeRay's groups live in the RayCluster
+    resource, and ``deploy/`` publishes them there), else from the autoscaling config on the head node (the
+    launcher's ``~/ray_bootstrap_config.yaml``, or the ``--autoscaling-config`` a head was started with), read by a
+    zero-CPU task on the head. Empty when the cluster has no autoscaler.
     """
     import ray
 
     published = _published_node_types()
-    if published is not None:
+    if published:
         return published
-    read = ray.remote(num_cpus=0, resources={"node:__internal_head__": 0.001})(head_autoscaling_config)
+    if os.environ.get(GPU_GROUPS_ENV):
+        return parse_gpu_groups(os.environ[GPU_GROUPS_ENV])
+    read = ray.remote(num_cpus=0, resources={"node:__internal_head__": 0.001})(head_gpu_node_types)
     try:
-        config = ray.get(read.remote(), timeout=30)
+        return ray.get(read.remote(), timeout=30)
     except Exception:  # no head resource (Ray client, old clusters): treat as no autoscaler
         return {}
-    return gpu_node_types(config or {})
+
+
+GPU_GROUPS_ENV = "UNET_DIST_GPU_NODE_GROUPS"
+"""``GROUP=GPUS[,GROUP=GPUS...]``: the GPU worker groups a cluster can scale to, for clusters whose node groups live
+outside Ray (KubeRay keeps them in the RayCluster resource). ``deploy/`` sets it on the head from its worker groups."""
+
+
+def parse_gpu_groups(text: str) -> dict[str, float]:
+    """``{group: GPUs per node}`` from a :data:`GPU_GROUPS_ENV` value; a malformed entry is a one-line UserError."""
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, gpus = item.partition("=")
+        try:
+            value = float(gpus)
+        except ValueError:
+            value = -1.0
+        if not sep or not name.strip() or value < 0:
+            raise UserError(f"{GPU_GROUPS_ENV}={text!r}: expected GROUP=GPUS[,GROUP=GPUS], e.g. gpu=1,gpu8=8")
+        if value > 0:
+            out[name.strip()] = value
+    return out
+
+
+def head_gpu_node_types() -> dict[str, float]:
+    """Runs as a Ray task on the head: the GPU groups its environment names (:data:`GPU_GROUPS_ENV`), else the GPU
+    node types of its autoscaling config."""
+    if os.environ.get(GPU_GROUPS_ENV):
+        return parse_gpu_groups(os.environ[GPU_GROUPS_ENV])
+    return gpu_node_types(head_autoscaling_config() or {})
 
 
 def gpu_node_types(config: dict[str, Any]) -> dict[str, float]:

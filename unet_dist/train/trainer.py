@@ -19,8 +19,9 @@ from typing import Any, Sequence
 
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError, DataError, StorageError, UserError
-from unet_dist.runs import METRICS_FILE, TENSORBOARD_DIR, RunDir, Status, finish_record, new_record
-from unet_dist.storage import Location, check_writable, ray_storage, resolve, with_env_settings
+from unet_dist.runs import METRICS_FILE, TENSORBOARD_DIR, RunDir, Status, finish_record, new_record, start_record
+from unet_dist.storage import Location, check_writable, public_config, ray_storage, resolve
+from unet_dist.train import collectives
 from unet_dist.train.live import LiveView
 from unet_dist.train.loop import FAULT_ENV, train_loop_per_worker
 from unet_dist.train.session import GpuDecision, decide_gpu, ray_session
@@ -136,11 +137,12 @@ def prepare_data(cfg: Config, manifest: dict[str, Any], datasets: dict[str, Any]
 
 
 def loop_config(cfg: Config, run: Location, data: PreparedData) -> dict[str, Any]:
-    """What every worker receives: the config (storage settings included, secrets stay SecretStr), data spec, run."""
+    """What every worker receives: the config without credentials (workers read them from their environment,
+    :func:`~unet_dist.train.session.with_credentials`), data spec, run."""
     manifest = data.manifest
     class_names = list(manifest.get("class_names") or cfg.ingest.class_names)
     return {
-        "cfg": cfg.model_copy(update={"storage": with_env_settings(cfg.storage)}),
+        "cfg": public_config(cfg),
         "spec": data.spec,
         "run_uri": run.uri,
         "train_rows": data.train_rows,
@@ -207,7 +209,7 @@ def build_trainer(cfg: Config, run: Location, *, callbacks: Sequence[Any] = (), 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(cfg, run, data),
-        torch_config=TorchConfig(backend="nccl" if gpu.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=collectives.backend(gpu.use_gpu)),
         scaling_config=ScalingConfig(num_workers=cfg.resources.num_workers, use_gpu=gpu.use_gpu, resources_per_worker=resources,
                                      placement_strategy=cfg.resources.placement_strategy),
         run_config=RunConfig(
@@ -252,13 +254,9 @@ def fit(cfg: Config, *, console: Any = None, progress: bool = True, verbose: boo
 
 
 def _start_record(run: RunDir, cfg: Config, name: str, manifest: dict[str, Any], gpu: GpuDecision) -> None:
-    previous = run.read_record()
     record = new_record(cfg, name, run.uri, {"uri": manifest.get("uri"), "fingerprint": manifest.get("fingerprint")},
                         code_version())
-    if previous:
-        record["started_at"] = previous.get("started_at", record["started_at"])
-        record["resumed_at"] = [*previous.get("resumed_at", []), record["updated_at"]]
-    run.write_record({**record, "use_gpu": gpu.use_gpu, "gpu_reason": gpu.reason})
+    start_record(run, {**record, "use_gpu": gpu.use_gpu, "gpu_reason": gpu.reason})
 
 
 def _run(trainer: Any, run: RunDir, cfg: Config, name: str, console: Any) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError, UserError
-from unet_dist.runs import TUNE_STATE_DIR, CampaignDir, finish_record, new_campaign_record, now_iso
-from unet_dist.storage import ray_storage, resolve, with_env_settings
+from unet_dist.runs import TUNE_STATE_DIR, CampaignDir, finish_record, new_campaign_record, now_iso, start_record
+from unet_dist.storage import public_config, ray_storage, resolve
 from unet_dist.train.live import LiveTable
 from unet_dist.tune.schedulers import SCHEDULERS, SEARCHERS
 from unet_dist.tune.space import CheckedSpace, check_space
@@ -65,8 +65,11 @@ def trial_rows(campaign: CampaignDir, metric: str, mode: str) -> list[dict[str, 
             "images_per_s": final.get("images_per_s"), "best_checkpoint": record.get("best_checkpoint"),
             "error": record.get("error"),
         })
+    from unet_dist.runs import is_finite  # a diverged trial's NaN ranks with the trials without a value, last
+
     sign = -1.0 if mode == "max" else 1.0
-    return sorted(rows, key=lambda r: (r["best_value"] is None, sign * (r["best_value"] or 0.0), r["trial_id"]))
+    return sorted(rows, key=lambda r: (not is_finite(r["best_value"]), sign * r["best_value"] if is_finite(r["best_value"]) else 0.0,
+                                       r["trial_id"]))
 
 
 def _prepare(cfg: Config, resume: bool) -> tuple[CheckedSpace, CampaignDir, Any]:
@@ -96,12 +99,8 @@ def run_campaign(cfg: Config, *, resume: bool = False, console: Any = None, prog
     manifest = preflight(cfg)
     for point in checked.skipped:
         console.print(f"[yellow]skipped impossible grid point[/] {point['params']}: {point['reason']}", highlight=False)
-    if resume:
-        campaign.update_record(status="running", error=None, ended_at=None,
-                               resumed_at=[*(campaign.read_record() or {}).get("resumed_at", []), now_iso()])
-    else:
-        campaign.write_record(new_campaign_record(cfg, cfg.tune.name, campaign.uri, cfg.tune.search_space, checked.skipped,
-                                                  code_version()))
+    start_record(campaign, new_campaign_record(cfg, cfg.tune.name, campaign.uri, cfg.tune.search_space, checked.skipped,
+                                               code_version()))
     _tune(cfg, checked, campaign, searcher, manifest, resume, console if progress else None, verbose)
     return summarize(campaign, cfg, time.time() - t0)
 
@@ -179,8 +178,9 @@ def _tuner(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: 
     from unet_dist.train.trainer import code_version
     from unet_dist.tune.trial import trial_main
 
+    public = public_config(cfg)  # no credentials in anything Tune pickles (tuner.pkl) or serialises
     trainable = tune.with_resources(
-        tune.with_parameters(trial_main, base=cfg.model_copy(update={"storage": with_env_settings(cfg.storage)}),
+        tune.with_parameters(trial_main, base=public,
                              campaign_uri=campaign.uri, manifest=manifest, gpu=gpu,
                              datasets=datasets, code_version=code_version(), fault=os.environ.get(FAULT_ENV)),
         {"CPU": cfg.tune.trial_cpus})
@@ -194,7 +194,7 @@ def _tuner(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: 
     return tune.Tuner(
         trainable,
         param_space=checked.param_space(),
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=SCHEDULERS.get(cfg.tune.scheduler)(cfg, campaign.uri),
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=SCHEDULERS.get(cfg.tune.scheduler)(public, campaign.uri),
                                     search_alg=searcher, num_samples=cfg.tune.num_samples,  # concurrency: in the searcher
                                     time_budget_s=cfg.tune.time_budget_s,
                                     trial_dirname_creator=lambda trial: trial.trial_id),

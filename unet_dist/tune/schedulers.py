@@ -8,6 +8,8 @@ restore (ray-project/ray#30838): a resumed campaign then stops the trials it wou
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any, Callable
 
 from unet_dist.config import Config
@@ -15,6 +17,8 @@ from unet_dist.errors import ConfigError
 from unet_dist.registry import Registry
 
 TIME_ATTR = "epochs_done"
+_WORST = sys.float_info.max
+"""The worst reward ASHA records for a non-finite metric: finite, so its rung percentiles stay numbers."""
 
 SCHEDULERS: Registry[Callable[[Config, str | None], Any]] = Registry("scheduler", key="tune.scheduler")
 SEARCHERS: Registry[Callable[[Config], Any]] = Registry("search algorithm", key="tune.search")
@@ -48,6 +52,32 @@ def _restoring_asha(cfg: Config, campaign_uri: str | None) -> Any:
                 self._restored = True
                 self.restore_rungs()
 
+        def _finite(self, result: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+            """``result`` with a non-finite metric (NaN, or the worst value ±inf a diverged epoch reports) replaced by
+            the worst finite value, and whether it was: Ray's rungs take percentiles, which NaN and ±inf break
+            (NaN never falls below a cutoff; -inf makes the cutoff -inf or NaN, so nothing is stopped)."""
+            value = result.get(self._metric)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                return {**result, self._metric: -self._metric_op * _WORST}, True
+            return result, False
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+            """ASHA's decision, except that a trial reporting a non-finite metric at or past its first rung stops
+            (recorded at the rung as the worst): a diverged trial never leads a rung nor goes on."""
+            from ray.tune.schedulers import TrialScheduler
+
+            result, diverged = self._finite(result)
+            action = super().on_trial_result(tune_controller, trial, result)
+            bracket = self._trial_info.get(trial.trial_id)
+            if (diverged and action != TrialScheduler.STOP and bracket is not None and bracket._rungs
+                    and result.get(self._time_attr, 0) >= bracket._rungs[-1][0]):
+                self._num_stopped += 1
+                action = TrialScheduler.STOP
+            return action
+
+        def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+            super().on_trial_complete(tune_controller, trial, self._finite(result)[0])
+
         def restore_rungs(self) -> int:
             """Fill every bracket's rungs from storage; the number of values recorded."""
             if not self.campaign_uri:
@@ -62,7 +92,8 @@ def _restoring_asha(cfg: Config, campaign_uri: str | None) -> Any:
                     values = rung_values(rows, self._metric, [m for m, _ in bracket._rungs])
                     for milestone, recorded in bracket._rungs:
                         if milestone in values:
-                            recorded[trial_id] = self._metric_op * values[milestone]
+                            value = values[milestone]
+                            recorded[trial_id] = self._metric_op * value if math.isfinite(value) else -_WORST
                             n += 1
             return n
 

@@ -7,7 +7,8 @@
     train.lr: {loguniform: [1.0e-4, 1.0e-2]}
 
 Every key must exist in the schema and every listed value must be valid somewhere in the space (else a one-line
-ConfigError naming the key). Combinations the model registry refuses (max-unpool after avg pooling or a ResNet)
+ConfigError naming the key): checked exactly, however large the space, by enumerating together only the keys whose
+validity depends on each other (:data:`CROSS_FIELD`) and every other key alone. Combinations the model registry refuses (max-unpool after avg pooling or a ResNet)
 are *impossible points*: grid points are removed before the campaign starts and listed; sampled points become
 trials with status ``invalid`` and the reason.
 """
@@ -15,6 +16,7 @@ trials with status ``invalid`` and the reason.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -25,6 +27,14 @@ from unet_dist.registry import Registry
 DISTRIBUTIONS: Registry[Callable[..., Any]] = Registry("distribution", key="tune.search_space")
 GRID_KEY = "__grid__"
 MAX_ENUMERATED = 4096
+"""The most combinations of keys checked together: the searched keys one section's cross-field rules read (below)."""
+CROSS_FIELD: dict[str, frozenset[str]] = {
+    "model": frozenset({"backbone", "depth", "pooling", "unpooling", "weights"}),  # models.check_model_config
+    "ingest": frozenset({"percentile_low", "percentile_high"}),  # IngestConfig._percentiles
+}
+"""The fields each section's cross-field validator (a pydantic model validator) reads. Validity of any other searched
+key depends on its own value only (field constraints; sections validate apart), so it is checked alone. A section
+with a model validator that is missing here has all its searched keys checked together."""
 
 
 def _numbers(key: str, kind: str, args: Any, n: int) -> list[float]:
@@ -160,20 +170,69 @@ def check_space(base: Config) -> CheckedSpace:
     if not dims:
         raise ConfigError("tune.search_space is empty: add at least one key, e.g. model.backbone: {choice: [scratch, resnet18]}")
     _check_keys(base, dims)
-    points = _points(dims)
-    verdicts = [(p, _problem(base, p)) for p in points]
-    if all(problem for _, problem in verdicts):
-        raise ConfigError(f"tune.search_space: every point is impossible (e.g. {verdicts[0][1]}); change the space")
-    _check_values(dims, verdicts)
-    grid_keys = [d.key for d in dims if d.kind == "grid"]
+    groups = [_Group(base, g) for g in _groups(base, dims)]
+    for group in groups:
+        if all(problem for _, problem in group.verdicts):
+            raise ConfigError(f"tune.search_space: every point is impossible (e.g. {group.verdicts[0][1]}); change the space")
+    by_key = {d.key: g for g in groups for d in g.dims}
+    for d in dims:
+        by_key[d.key].check_values(d)
+    grid_dims = [d for d in dims if d.kind == "grid"]
     grid, skipped = [], []
-    if grid_keys:
-        for combo in _product([d for d in dims if d.kind == "grid"]):
-            problem = _first_problem(base, combo, dims)
+    if grid_dims:
+        for combo in _product(grid_dims):
+            problem = next((p for g in groups if (p := g.grid_problem(combo))), None)
             (skipped.append({"params": combo, "reason": problem}) if problem else grid.append(combo))
         if not grid:
             raise ConfigError(f"tune.search_space: no valid grid point (e.g. {skipped[0]['reason']}); change the grid")
     return CheckedSpace(dims, grid, skipped)
+
+
+def _groups(base: Config, dims: list[Dim]) -> list[list[Dim]]:
+    """The dims whose validity depends on each other, together (a section's :data:`CROSS_FIELD` keys); every other
+    dim alone."""
+    out: dict[str, list[Dim]] = {}
+    for d in dims:
+        section, _, field = d.key.partition(".")
+        cls = type(getattr(base, section))
+        cross = bool(cls.__pydantic_decorators__.model_validators)
+        together = cross and field in CROSS_FIELD.get(section, frozenset(cls.model_fields))
+        out.setdefault(section if together else d.key, []).append(d)
+    return list(out.values())
+
+
+class _Group:
+    """Dims checked together: every combination of their probe values, over the base config."""
+
+    def __init__(self, base: Config, dims: list[Dim]) -> None:
+        self.dims = dims
+        size = 1
+        for d in dims:
+            size *= len(d.probe_values())
+        if size > MAX_ENUMERATED:
+            raise ConfigError(f"tune.search_space: {' x '.join(d.key for d in dims)} make {size} combinations, checked "
+                              f"together (the values of one depends on the others); at most {MAX_ENUMERATED}: search "
+                              "fewer values of them")
+        self.verdicts = [(p, _problem(base, p)) for p in _product(dims)]
+        self.grid_keys = [d.key for d in dims if d.kind == "grid"]
+        self.feasible = {_hashable([p[k] for k in self.grid_keys]) for p, problem in self.verdicts if not problem}
+
+    def check_values(self, d: Dim) -> None:
+        """A value that is impossible in every combination it appears in is a bad value, not an impossible combination."""
+        for value in d.probe_values():
+            mine = [problem for point, problem in self.verdicts if point.get(d.key) == value]
+            if mine and all(mine):
+                raise ConfigError(f"tune.search_space.{d.key}: value {value!r} is invalid: {mine[0]}")
+
+    def grid_problem(self, combo: dict[str, Any]) -> str | None:
+        """Why a grid point is impossible whatever this group's sampled keys take (checked at their probe values)."""
+        if not self.grid_keys or _hashable([combo[k] for k in self.grid_keys]) in self.feasible:
+            return None
+        return next(problem for point, problem in self.verdicts if all(point[k] == combo[k] for k in self.grid_keys))
+
+
+def _hashable(values: list[Any]) -> str:
+    return json.dumps(values, sort_keys=True, default=repr)
 
 
 def _check_keys(base: Config, dims: list[Dim]) -> None:
@@ -192,34 +251,9 @@ def _product(dims: list[Dim]) -> Iterable[dict[str, Any]]:
         yield dict(zip((d.key for d in dims), values))
 
 
-def _points(dims: list[Dim]) -> list[dict[str, Any]]:
-    size = 1
-    for d in dims:
-        size *= len(d.probe_values())
-    if size <= MAX_ENUMERATED:
-        return list(_product(dims))
-    return [{d.key: v} for d in dims for v in d.probe_values()]  # too many: each value alone, over the base
-
-
 def _problem(base: Config, params: dict[str, Any]) -> str | None:
     try:
         apply_params(base, params)
     except ConfigError as err:
         return str(err)
     return None
-
-
-def _first_problem(base: Config, combo: dict[str, Any], dims: list[Dim]) -> str | None:
-    """Whether a grid point is impossible whatever the sampled keys take (checked at their probe values)."""
-    others = [d for d in dims if d.kind != "grid"]
-    problems = [_problem(base, {**combo, **rest}) for rest in (_product(others) if others else [{}])]
-    return problems[0] if all(problems) else None
-
-
-def _check_values(dims: list[Dim], verdicts: list[tuple[dict[str, Any], str | None]]) -> None:
-    """A value that is impossible in every point it appears in is a bad value, not an impossible combination."""
-    for d in dims:
-        for value in d.probe_values():
-            mine = [problem for point, problem in verdicts if point.get(d.key) == value]
-            if mine and all(mine):
-                raise ConfigError(f"tune.search_space.{d.key}: value {value!r} is invalid: {mine[0]}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError, UserError
-from unet_dist.runs import CampaignDir, RunDir, finish_record, new_record
+from unet_dist.runs import CampaignDir, RunDir, finish_record, new_record, start_record
 from unet_dist.storage import resolve
 from unet_dist.tune.space import apply_params, flat_params
 
@@ -23,14 +23,10 @@ class TrialFailed(UserError):
 
 def trial_record(cfg: Config, run: RunDir, campaign: str, trial_id: str, params: dict[str, Any], dataset: dict[str, Any],
                  code_version: str) -> dict[str, Any]:
-    """A trial's run record: a run record with kind ``trial``, its campaign and its searched values."""
-    previous = run.read_record() or {}
-    record = {**new_record(cfg, trial_id, run.uri, dataset, code_version), "kind": "trial", "campaign": campaign,
-              "trial_id": trial_id, "params": params}
-    if previous.get("started_at"):
-        record["started_at"] = previous["started_at"]
-        record["resumed_at"] = [*previous.get("resumed_at", []), record["updated_at"]]
-    return record
+    """A trial's fresh run record (for :func:`~unet_dist.runs.start_record`): kind ``trial``, its campaign and its
+    searched values."""
+    return {**new_record(cfg, trial_id, run.uri, dataset, code_version), "kind": "trial", "campaign": campaign,
+            "trial_id": trial_id, "params": params}
 
 
 def trial_main(config: dict[str, Any], *, base: Config, campaign_uri: str, manifest: dict[str, Any], gpu: Any,
@@ -59,7 +55,7 @@ def trial_main(config: dict[str, Any], *, base: Config, campaign_uri: str, manif
         run.write_record({**record, "status": "invalid", "error": str(err), "epochs_planned": 0})
         return
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"name": trial_id})})
-    run.write_record(trial_record(cfg, run, campaign.loc.name, trial_id, params, dataset, code_version))
+    start_record(run, trial_record(cfg, run, campaign.loc.name, trial_id, params, dataset, code_version))
     if fault:
         from unet_dist.train.loop import FAULT_ENV
 
