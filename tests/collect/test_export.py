@@ -190,6 +190,7 @@ def _retrain_in_place(source: Path, old_marker: bool) -> bytes:
     (other bytes, same length), and a matching marker (with its SHA-256, or in the older form without one)."""
     import hashlib
     import io
+    import tempfile
 
     from unet_dist.runs import marker_text
 
@@ -197,9 +198,9 @@ def _retrain_in_place(source: Path, old_marker: bool) -> bytes:
     state = torch.load(io.BytesIO(old), weights_only=True)
     key = next(k for k, v in state["model"].items() if v.is_floating_point() and v.numel() > 1)
     state["model"][key] = state["model"][key] + 1.0
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    new = buf.getvalue()
+    with tempfile.TemporaryDirectory() as tmp:  # saved under the same file name: torch names the zip records by it
+        torch.save(state, Path(tmp) / "state.pt")
+        new = (Path(tmp) / "state.pt").read_bytes()
     assert len(new) == len(old) and new != old
     (source / "COMPLETE").unlink()
     (source / "state.pt").write_bytes(new)
