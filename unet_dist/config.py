@@ -12,13 +12,14 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from unet_dist import catalog
 from unet_dist.errors import ConfigError
 
-Pooling = Literal["max", "avg", "conv"]
-Unpooling = Literal["transpose", "bilinear", "nearest", "pixelshuffle", "maxunpool"]
-Activation = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "mish"]
-OutputActivation = Literal["none", "sigmoid", "softmax"]
-Norm = Literal["batch", "group", "instance", "none"]
+Pooling = Literal[catalog.POOLING]
+Unpooling = Literal[catalog.UNPOOLING]
+Activation = Literal[catalog.ACTIVATIONS]
+OutputActivation = Literal[catalog.OUTPUT_ACTIVATIONS]
+Norm = Literal[catalog.NORMS]
 MaskMode = Literal["binary", "multiclass", "instance"]
 Loss = Literal["ce", "bce", "dice", "dice_ce", "focal", "jaccard"]
 Optimizer = Literal["adam", "adamw", "sgd"]
@@ -53,12 +54,10 @@ class ModelConfig(_Section):
     freeze_bn: bool = False
 
     @model_validator(mode="after")
-    def _fits_the_registries(self) -> "ModelConfig":
+    def _fits_the_catalog(self) -> "ModelConfig":
         """Unknown backbone, depth out of its range, maxunpool rules, torchvision weights names: refused here,
-        before any cluster starts. The checks live with the model registries (imported on first use)."""
-        from unet_dist.models import check_model_config
-
-        check_model_config(self)
+        before any cluster starts, from the model catalog (plain data: reading a config never imports torch)."""
+        catalog.check_model_choices(self.backbone, self.depth, self.pooling, self.unpooling, self.weights)
         return self
 
 

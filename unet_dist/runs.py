@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Literal
 
-from unet_dist.config import Config
-from unet_dist.errors import StorageError
-from unet_dist.storage import Location
+from unet_dist.config import Config, StorageConfig
+from unet_dist.errors import StorageError, UserError
+from unet_dist.storage import Location, resolve
 
 RUN_RECORD = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -374,3 +374,69 @@ def new_campaign_record(cfg: Config, name: str, uri: str, space: dict[str, Any],
         "skipped": skipped, "config": cfg.to_dict(), "code_version": code_version,
         "started_at": now_iso(), "ended_at": None, "updated_at": now_iso(), "resumed_at": [],
     }
+
+
+# --- the model store and checkpoint references: what evaluate, predict, --resume-from and model.weights accept
+
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be used: missing, truncated, not ours, or refused by the safe loader."""
+
+
+MODEL_CARD = "model.json"
+"""An exported model folder's card (written last by ``unet-dist export``)."""
+ALIAS_FILE = "alias.json"
+"""A model-store alias folder's file: ``{"model": "<folder name beside the alias>"}``."""
+CHAMPION = "champion"
+"""The alias ``unet-dist export`` points at its best model."""
+_MAX_ALIAS_HOPS = 4
+
+
+def state_location(uri: str | Location, storage: StorageConfig | None = None) -> Location:
+    """The state file a checkpoint reference names: ``uri`` itself when it is a file (any name); for a folder, the
+    model an ``alias.json`` in it names (followed), else ``uri/state.pt``.
+
+    A folder whose ``COMPLETE`` marker does not match its files, or an exported model folder without its card
+    (an export cut short), is refused with :class:`CheckpointError`.
+    """
+    loc = resolve(uri, storage)
+    for _ in range(_MAX_ALIAS_HOPS):
+        if not loc.isdir():
+            return loc
+        alias = loc / ALIAS_FILE
+        if not alias.exists():
+            _check_folder(loc)
+            return loc / STATE_FILE
+        loc = _alias_target(loc, alias)
+    raise CheckpointError(f"{resolve(uri, storage).uri}: more than {_MAX_ALIAS_HOPS} aliases in a row; fix {ALIAS_FILE}")
+
+
+def _alias_target(folder: Location, alias: Location) -> Location:
+    """The model folder an alias names: a sibling folder, by plain name (so a store can be moved or synced whole)."""
+    try:
+        name = json.loads(alias.read_text())["model"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{alias.uri} is not a model alias (expected {{\"model\": NAME}})") from None
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise CheckpointError(f"{alias.uri}: model {name!r} is not a folder name in the same store")
+    target = folder.parent / name
+    if not target.isdir():
+        raise CheckpointError(f"{folder.uri} names model {name!r}, which is not in the store ({target.uri} is missing)")
+    if not (target / MODEL_CARD).exists():
+        raise CheckpointError(f"{folder.uri} names model {name!r}, whose export did not finish (no {MODEL_CARD}): "
+                              "export it again")
+    return target
+
+
+def _check_folder(loc: Location) -> None:
+    """Refuse a checkpoint folder cut short: marker sizes that do not match, or a model folder without its card."""
+    marker, card = (loc / MARKER_FILE).exists(), (loc / MODEL_CARD).exists()
+    if marker:
+        try:
+            read_marker(loc)
+        except MarkerError as err:
+            raise CheckpointError(f"checkpoint {loc.uri} is refused: {err}") from None
+    if marker and not is_complete(loc):
+        raise CheckpointError(f"checkpoint {loc.uri} is truncated or corrupt: its files do not match the sizes in "
+                              f"{MARKER_FILE} (a copy or upload cut short); use another checkpoint of the run")
+    if card and not marker:
+        raise CheckpointError(f"model folder {loc.uri} is incomplete (no {MARKER_FILE}): export it again")

@@ -132,3 +132,43 @@ def test_schema_rejects_maxunpool_without_max_pooling(tmp_path: Path) -> None:
     path.write_text("model:\n  unpooling: maxunpool\n  pooling: avg\n")
     with pytest.raises(ConfigError, match="needs the pooling indices of max pooling"):
         load_config(path)
+
+
+def test_the_catalog_lists_exactly_the_registered_backbones() -> None:
+    """config validates against the catalog, models build from the registry: the two lists are one."""
+    from unet_dist import catalog
+
+    assert list(catalog.BACKBONES) == list_backbones()
+    for name in list_backbones():
+        spec, info = get_backbone(name), catalog.BACKBONES[name]
+        assert (spec.depths, spec.maxunpool, spec.torchvision, spec.pooling) == (
+            info.depths, info.maxunpool, info.torchvision, info.pooling)
+
+
+def test_a_new_family_gets_a_catalog_row_so_configs_accept_it() -> None:
+    import subprocess
+    import sys
+
+    code = """
+from unet_dist.models import register_backbone, get_backbone
+from unet_dist.config import load_config
+from unet_dist.errors import ConfigError
+
+@register_backbone("tinynet", depths=(2, 3), maxunpool="no pooling indices")
+def tiny(name, cfg):
+    return get_backbone("scratch").build("scratch", cfg)
+
+assert load_config(None, ["model.backbone=tinynet", "model.depth=3"]).model.backbone == "tinynet"
+try:
+    load_config(None, ["model.backbone=tinynet", "model.depth=4"])
+except ConfigError as err:
+    print(err)
+try:
+    register_backbone("madeup")(tiny)
+except ValueError as err:
+    print(err)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["model.depth: 4 is out of range for backbone 'tinynet'; allowed: 2-3",
+                                       "backbone 'madeup' is not in unet_dist.catalog: pass depths=(lo, hi)"]

@@ -260,3 +260,13 @@ def test_check_weights_good_file_and_names_pass(tmp_path: Path) -> None:
     check_weights(ModelConfig(backbone="vgg11", depth=3, weights=path), None)
     check_weights(ModelConfig(backbone="resnet18", weights="IMAGENET1K_V1"), None)
     check_weights(cfg, None)
+
+
+@pytest.mark.parametrize("backbone", TORCHVISION)
+def test_the_catalog_knows_torchvisions_weights_names(backbone: str) -> None:
+    """Config validation checks weights names from the catalog, without torchvision: the names must be its own."""
+    from unet_dist import catalog
+
+    enum = get_model_weights(backbone)
+    info = catalog.BACKBONES[backbone]
+    assert info.weights_enum == enum.__name__ and info.weights == tuple(m.name for m in enum)

@@ -39,10 +39,9 @@ from unet_dist import __version__
 from unet_dist.collect.leaderboard import Leaderboard, collect, sort_value
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
-from unet_dist.runs import (CAMPAIGN_RECORD, MARKER_FILE, METRICS_FILE, RUN_RECORD, MarkerError, RunDir, is_complete,
-                            is_finite, now_iso, parse_marker)
+from unet_dist.runs import (ALIAS_FILE, CAMPAIGN_RECORD, CHAMPION, MARKER_FILE, METRICS_FILE, MODEL_CARD, RUN_RECORD,
+                            MarkerError, RunDir, is_complete, is_finite, now_iso, parse_marker)
 from unet_dist.storage import Location, check_writable, remove_tree, resolve
-from unet_dist.train.checkpoint import ALIAS_FILE, CHAMPION, MODEL_CARD
 
 PINS_DIR = "exports"
 """``STORAGE/exports/<id>.json``: one pin per exported model, naming its source checkpoint (relative to STORAGE)."""

@@ -11,14 +11,13 @@ from unet_dist.models.registry import (
     BackboneSpec,
     check_model_config,
     create_encoder,
-    create_unet,
     get_backbone,
     list_backbones,
     maxunpool_problem,
     register_backbone,
     registry_info,
 )
-from unet_dist.models.unet import UNet
+from unet_dist.models.unet import UNet, create_unet
 from unet_dist.models.weights import check_weights, load_encoder_weights, torchvision_weights
 from unet_dist.models.zoo import SmokeRow, Variant, smoke_variants, variants
 

@@ -1,32 +1,30 @@
-"""Backbone registry (timm's ``register_model`` / ``create_model`` pattern) and ``create_unet``.
+"""Backbone registry (timm's ``register_model`` / ``create_model`` pattern).
 
-A backbone family is one builder function ``(name, cfg) -> Encoder`` decorated with
-:func:`register_backbone`, which records the names it builds and what they support.
+A backbone family is one builder function ``(name, cfg) -> Encoder`` decorated with :func:`register_backbone`,
+which records the names it builds; what each name supports is its row in :mod:`unet_dist.catalog`, which config
+validation reads without importing torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, get_args
+from typing import Callable, get_args
 
-from unet_dist.config import Activation, ModelConfig, Norm, OutputActivation, Pooling, StorageConfig, Unpooling
-from unet_dist.errors import ConfigError
+from unet_dist import catalog
+from unet_dist.catalog import maxunpool_problem  # noqa: F401  (the rule lives with the catalog; re-exported)
+from unet_dist.config import Activation, ModelConfig, Norm, OutputActivation, Pooling, Unpooling
 from unet_dist.models.blocks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, POOLING, UNPOOLING, Encoder
-from unet_dist.models.weights import is_weights_file, torchvision_weights
 from unet_dist.registry import Registry
-
-if TYPE_CHECKING:
-    from unet_dist.models.unet import UNet
 
 EncoderBuilder = Callable[[str, ModelConfig], Encoder]
 
 BACKBONES: Registry[EncoderBuilder] = Registry("backbone", key="model.backbone")
-"""Encoder builders; each entry's metadata is the rest of its :class:`BackboneSpec`."""
+"""Encoder builders; what each name supports is its row in :data:`unet_dist.catalog.BACKBONES`."""
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What the registry knows about one backbone name."""
+    """What the registry knows about one backbone name: its builder and its catalog row."""
 
     name: str
     build: EncoderBuilder
@@ -39,13 +37,20 @@ class BackboneSpec:
     """Whether ``model.pooling`` applies (scratch only)."""
 
 
-def register_backbone(*names: str, depths: tuple[int, int], maxunpool: str | None = None, torchvision: bool = False,
-                      pooling: bool = False) -> Callable[[EncoderBuilder], EncoderBuilder]:
-    """Decorator registering one encoder builder under each of ``names``."""
+def register_backbone(*names: str, depths: tuple[int, int] | None = None, maxunpool: str | None = None,
+                      torchvision: bool = False, pooling: bool = False) -> Callable[[EncoderBuilder], EncoderBuilder]:
+    """Decorator registering one encoder builder under each of ``names``. Names the catalog lists take their row
+    from it; a new family passes ``depths`` (and the rest) and gets a catalog row, so configs validate it too."""
 
     def deco(fn: EncoderBuilder) -> EncoderBuilder:
         for name in names:
-            BACKBONES.add(name, fn, depths=depths, maxunpool=maxunpool, torchvision=torchvision, pooling=pooling)
+            if name in BACKBONES:
+                raise ValueError(f"backbone {name!r} is already registered (in the model.backbone registry)")
+            if name not in catalog.BACKBONES:
+                if depths is None:
+                    raise ValueError(f"backbone {name!r} is not in unet_dist.catalog: pass depths=(lo, hi)")
+                catalog.BACKBONES[name] = catalog.BackboneInfo(depths, maxunpool, torchvision, pooling)
+            BACKBONES.add(name, fn)
         return fn
 
     return deco
@@ -57,52 +62,18 @@ def list_backbones() -> list[str]:
 
 def get_backbone(name: str) -> BackboneSpec:
     """The spec of ``name``; an unknown name is a ConfigError naming model.backbone and the choices."""
-    return BackboneSpec(name, BACKBONES.get(name), **BACKBONES.meta(name))
-
-
-def maxunpool_problem(backbone: str, pooling: str | None) -> str | None:
-    """Why ``model.unpooling=maxunpool`` cannot decode this encoder (None: it can), as a one-line error.
-
-    Max-unpooling needs the encoder's max-pooling indices: a backbone without them never can, and a
-    backbone whose down-sampling is ``model.pooling`` can only with ``pooling=max``.
-    """
-    spec = get_backbone(backbone)
-    others = ", ".join(u for u in UNPOOLING if u != "maxunpool")
-    if spec.maxunpool:
-        return (f"model.unpooling: 'maxunpool' cannot be used with backbone {backbone!r}: {spec.maxunpool}; "
-                f"choose one of: {others}")
-    if spec.pooling and pooling != "max":
-        return (f"model.unpooling: 'maxunpool' needs the pooling indices of max pooling, but model.pooling is "
-                f"{pooling!r}; set model.pooling=max or choose another unpooling ({others})")
-    return None
+    info = catalog.backbone_info(name)
+    return BackboneSpec(name, BACKBONES.get(name), info.depths, info.maxunpool, info.torchvision, info.pooling)
 
 
 def check_model_config(cfg: ModelConfig) -> None:
-    """Registry-dependent checks (run by ModelConfig's validation); raises a one-line ConfigError naming the key."""
-    spec = get_backbone(cfg.backbone)
-    lo, hi = spec.depths
-    if not lo <= cfg.depth <= hi:
-        raise ConfigError(f"model.depth: {cfg.depth} is out of range for backbone {cfg.backbone!r}; "
-                          f"allowed: {lo}-{hi}")
-    if cfg.unpooling == "maxunpool" and (problem := maxunpool_problem(cfg.backbone, cfg.pooling)):
-        raise ConfigError(problem)
-    if cfg.weights and not is_weights_file(cfg.weights):
-        if not spec.torchvision:
-            raise ConfigError(f"model.weights: backbone {cfg.backbone!r} has no torchvision weights; "
-                              f"{cfg.weights!r} must be a state-dict file (local path or s3://)")
-        torchvision_weights(cfg.backbone, cfg.weights)
+    """The catalog's checks (run by ModelConfig's validation); raises a one-line ConfigError naming the key."""
+    catalog.check_model_choices(cfg.backbone, cfg.depth, cfg.pooling, cfg.unpooling, cfg.weights)
 
 
 def create_encoder(cfg: ModelConfig) -> Encoder:
     check_model_config(cfg)
     return get_backbone(cfg.backbone).build(cfg.backbone, cfg)
-
-
-def create_unet(cfg: ModelConfig, storage: StorageConfig | None = None) -> "UNet":
-    """Build the U-Net ``cfg`` describes, loading ``cfg.weights`` into its encoder (S3 via ``storage``)."""
-    from unet_dist.models.unet import UNet
-
-    return UNet(cfg, storage=storage)
 
 
 def registry_info() -> dict[str, list[str]]:

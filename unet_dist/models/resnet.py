@@ -48,7 +48,6 @@ class ResNetEncoder(Encoder):
         return features, [None] * (len(features) - 1)
 
 
-@register_backbone("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", depths=(1, 5), torchvision=True,
-                   maxunpool="ResNet down-samples with strided convolutions, so its levels have no max-pooling indices")
+@register_backbone("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 def resnet(name: str, cfg: ModelConfig) -> Encoder:
     return ResNetEncoder(name, cfg)

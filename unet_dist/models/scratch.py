@@ -40,6 +40,6 @@ class ScratchEncoder(Encoder):
         return features, indices
 
 
-@register_backbone("scratch", depths=(3, 6), pooling=True)
+@register_backbone("scratch")
 def scratch(name: str, cfg: ModelConfig) -> Encoder:
     return ScratchEncoder(cfg)

@@ -102,3 +102,8 @@ class UNet(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.forward(x))
+
+
+def create_unet(cfg: ModelConfig, storage: StorageConfig | None = None) -> UNet:
+    """Build the U-Net ``cfg`` describes, loading ``cfg.weights`` into its encoder (S3 via ``storage``)."""
+    return UNet(cfg, storage=storage)

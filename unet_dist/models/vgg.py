@@ -53,7 +53,6 @@ class VGGEncoder(Encoder):
         return features, indices
 
 
-@register_backbone("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-                   depths=(1, 5), torchvision=True)
+@register_backbone("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 def vgg(name: str, cfg: ModelConfig) -> Encoder:
     return VGGEncoder(name, cfg)

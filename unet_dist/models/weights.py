@@ -10,51 +10,26 @@ including any checkpoint reference (``RUN/epoch_NNNN``, an exported model folder
 from __future__ import annotations
 
 import io
-import os
 import re
 import warnings
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from torchvision.models import WeightsEnum, get_model_weights, get_weight
+from torchvision.models import WeightsEnum, get_model_weights
 
+from unet_dist.catalog import is_weights_file, weights_member
 from unet_dist.config import ModelConfig, StorageConfig
 from unet_dist.errors import ConfigError, UserError
 from unet_dist.models.blocks import Encoder
-
-_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".tar")
-
-
-def is_weights_file(ref: str) -> bool:
-    """A URI, a path with a separator or a torch file suffix, or an existing local file or folder."""
-    return "://" in ref or "/" in ref or os.sep in ref or ref.endswith(_FILE_SUFFIXES) or Path(ref).exists()
-
+from unet_dist.models.registry import create_encoder
+from unet_dist.runs import state_location
 
 def torchvision_weights(model_name: str, name: str) -> WeightsEnum:
-    """Resolve ``name`` to a member of ``model_name``'s torchvision weights enum, without downloading."""
-    try:
-        enum = get_model_weights(model_name)
-    except ValueError:
-        raise ConfigError(f"model.weights: backbone {model_name!r} has no torchvision weights; "
-                          f"pass a state-dict file (local path or s3://) instead") from None
-    choices = ", ".join(["DEFAULT", *enum.__members__])
-    if "." in name:
-        try:
-            weight = get_weight(name)
-        except (ValueError, KeyError, AttributeError):
-            raise ConfigError(f"model.weights: unknown torchvision weights {name!r}; for {model_name} choose one of: "
-                              f"{choices} (or a state-dict file)") from None
-        if type(weight) is not enum:
-            raise ConfigError(f"model.weights: {name} are weights for another model, not {model_name}; "
-                              f"choose one of: {choices}")
-        return weight
-    if name == "DEFAULT":
-        return enum.DEFAULT
-    if name not in enum.__members__:
-        raise ConfigError(f"model.weights: {name!r} is neither a torchvision weights name for {model_name} "
-                          f"(choose one of: {choices}) nor a state-dict file")
-    return enum[name]
+    """Resolve ``name`` to a member of ``model_name``'s torchvision weights enum, without downloading (the name is
+    checked, with the one-line errors config validation gives, by :func:`unet_dist.catalog.weights_member`)."""
+    member = weights_member(model_name, name)
+    enum = get_model_weights(model_name)
+    return enum.DEFAULT if member == "DEFAULT" else enum[member]
 
 
 def safe_load(data: bytes, map_location: str = "cpu") -> Any:
@@ -69,9 +44,7 @@ def safe_load(data: bytes, map_location: str = "cpu") -> Any:
 
 def read_state_dict(uri: str, storage: StorageConfig | None = None) -> dict[str, torch.Tensor]:
     """Load a state dict from a local path or s3:// URI (``weights_only=True``), unwrapping {"model": ...}; folders
-    resolve as checkpoint references do (:func:`unet_dist.train.checkpoint.state_location`)."""
-    from unet_dist.train.checkpoint import state_location
-
+    resolve as checkpoint references do (:func:`unet_dist.runs.state_location`)."""
     try:
         data = state_location(uri, storage).read_bytes()
     except UserError as err:
@@ -148,6 +121,4 @@ def check_weights(cfg: ModelConfig, storage: StorageConfig | None = None) -> Non
     """
     if not cfg.weights or not is_weights_file(cfg.weights):
         return
-    from unet_dist.models.registry import create_encoder
-
     load_encoder_weights(create_encoder(cfg), cfg.weights, storage)

@@ -28,12 +28,9 @@ import torch
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
 from unet_dist.models.weights import safe_load
-from unet_dist.runs import MARKER_FILE, STATE_FILE, MarkerError, is_complete, marker_text, read_marker
+from unet_dist.runs import (ALIAS_FILE, CHAMPION, MARKER_FILE, MODEL_CARD, STATE_FILE, CheckpointError,  # noqa: F401
+                            marker_text, state_location)
 from unet_dist.storage import Location, resolve
-
-
-class CheckpointError(UserError):
-    """A checkpoint file that cannot be used: missing, truncated, not ours, or refused by the safe loader."""
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
@@ -50,66 +47,6 @@ def file_sha256(path: str | Path) -> str:
     """The SHA-256 (hex) of a local file, read in chunks."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-MODEL_CARD = "model.json"
-"""An exported model folder's card (written last by ``unet-dist export``)."""
-ALIAS_FILE = "alias.json"
-"""A model-store alias folder's file: ``{"model": "<folder name beside the alias>"}``."""
-CHAMPION = "champion"
-"""The alias ``unet-dist export`` points at its best model."""
-_MAX_ALIAS_HOPS = 4
-
-
-def state_location(uri: str | Location, storage: StorageConfig | None = None) -> Location:
-    """The state file a checkpoint reference names: ``uri`` itself when it is a file (any name); for a folder, the
-    model an ``alias.json`` in it names (followed), else ``uri/state.pt``.
-
-    A folder whose ``COMPLETE`` marker does not match its files, or an exported model folder without its card
-    (an export cut short), is refused with :class:`CheckpointError`.
-    """
-    loc = resolve(uri, storage)
-    for _ in range(_MAX_ALIAS_HOPS):
-        if not loc.isdir():
-            return loc
-        alias = loc / ALIAS_FILE
-        if not alias.exists():
-            _check_folder(loc)
-            return loc / STATE_FILE
-        loc = _alias_target(loc, alias)
-    raise CheckpointError(f"{resolve(uri, storage).uri}: more than {_MAX_ALIAS_HOPS} aliases in a row; fix {ALIAS_FILE}")
-
-
-def _alias_target(folder: Location, alias: Location) -> Location:
-    """The model folder an alias names: a sibling folder, by plain name (so a store can be moved or synced whole)."""
-    try:
-        name = json.loads(alias.read_text())["model"]
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{alias.uri} is not a model alias (expected {{\"model\": NAME}})") from None
-    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-        raise CheckpointError(f"{alias.uri}: model {name!r} is not a folder name in the same store")
-    target = folder.parent / name
-    if not target.isdir():
-        raise CheckpointError(f"{folder.uri} names model {name!r}, which is not in the store ({target.uri} is missing)")
-    if not (target / MODEL_CARD).exists():
-        raise CheckpointError(f"{folder.uri} names model {name!r}, whose export did not finish (no {MODEL_CARD}): "
-                              "export it again")
-    return target
-
-
-def _check_folder(loc: Location) -> None:
-    """Refuse a checkpoint folder cut short: marker sizes that do not match, or a model folder without its card."""
-    marker, card = (loc / MARKER_FILE).exists(), (loc / MODEL_CARD).exists()
-    if marker:
-        try:
-            read_marker(loc)
-        except MarkerError as err:
-            raise CheckpointError(f"checkpoint {loc.uri} is refused: {err}") from None
-    if marker and not is_complete(loc):
-        raise CheckpointError(f"checkpoint {loc.uri} is truncated or corrupt: its files do not match the sizes in "
-                              f"{MARKER_FILE} (a copy or upload cut short); use another checkpoint of the run")
-    if card and not marker:
-        raise CheckpointError(f"model folder {loc.uri} is incomplete (no {MARKER_FILE}): export it again")
 
 
 def load_checkpoint(uri: str | Path | Location, storage: StorageConfig | None = None, map_location: str = "cpu") -> dict[str, Any]:
