@@ -97,7 +97,7 @@ def test_a_stray_ray_head_changes_nothing(stray_head, synthetic_dataset, tmp_pat
         "data": {"dataset": synthetic_dataset, "crop_size": 64, "batch_size": 2},
         "model": {"base_filters": 8, "depth": 3},
         "train": {"epochs": 1, "log_images": 0, "num_to_keep": 1, "warmup_epochs": 0},
-        "resources": {"num_workers": 2, "cpus_per_worker": 0.5, "torch_threads": 1, "use_gpu": False},
+        "resources": {"num_workers": 1, "cpus_per_worker": 0.5, "torch_threads": 1, "use_gpu": False},
         "tune": {"name": "h", "scheduler": "fifo", "num_samples": 1,
                  "search_space": {"model.unpooling": {"grid": ["transpose", "bilinear"]}}},
     }))

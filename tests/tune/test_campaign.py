@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from tests.conftest import CAMPAIGN_EPOCHS
 from unet_dist.errors import ConfigError
 from unet_dist.runs import CampaignDir, RunDir
 from unet_dist.storage import resolve
@@ -25,26 +26,14 @@ def _campaign(small_config, dataset: str, storage: str, space: dict, *overrides:
     return cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"search_space": space})})
 
 
-@pytest.fixture(scope="module")
-def isbi_on_s3(isbi_small_dir, s3_server) -> str:
-    from unet_dist.config import IngestConfig
-    from unet_dist.data.ingest import ingest
-
-    dataset = f"s3://{s3_server['bucket']}/tune-isbi128"
-    ingest(str(isbi_small_dir), dataset, IngestConfig(split=(0.67, 0.33, 0.0), seed=0), progress=False)
-    return dataset
-
-
 @pytest.mark.ray
 @pytest.mark.s3
-def test_backbone_by_unpooling_campaign_on_s3(small_config, ray_local, isbi_on_s3, s3_uri) -> None:
-    space = {"model.backbone": {"grid": ["scratch", "resnet18"]}, "model.unpooling": {"grid": ["transpose", "bilinear"]}}
-    cfg = _campaign(small_config, isbi_on_s3, s3_uri, space, f"train.epochs={EPOCHS}", "tune.name=bxu", "tune.grace_period=1",
-                    "tune.reduction_factor=2", "tune.num_samples=1", "model.base_filters=8")
-    summary = run_campaign(cfg, progress=False)
+def test_backbone_by_unpooling_campaign_on_s3(shared_campaign) -> None:
+    """The session's shared campaign (tests/conftest.py): 4 trials on downscaled ISBI on the S3 server, ASHA."""
+    cfg, summary, s3_uri = shared_campaign["cfg"], shared_campaign["summary"], shared_campaign["s3"]
     print("campaign:", summary.to_json())
 
-    assert summary.status == "finished" and len(summary.trials) == 4 and summary.uri == f"{s3_uri}/bxu"
+    assert summary.status == "finished" and len(summary.trials) == 4 and summary.uri == f"{s3_uri}/{shared_campaign['campaign']}"
     assert summary.counts.get("early_stopped", 0) >= 1, summary.counts  # ASHA stopped at least one trial
     assert summary.counts.get("early_stopped", 0) + summary.counts.get("finished", 0) == 4
     campaign = CampaignDir(resolve(summary.uri))
@@ -60,7 +49,7 @@ def test_backbone_by_unpooling_campaign_on_s3(small_config, ray_local, isbi_on_s
         assert [r["epoch"] for r in rows] == list(range(len(rows))) and rec["epochs"] == len(rows)
         assert rec["status"] in ("finished", "early_stopped") and rows
         if rec["status"] == "finished":
-            assert len(rows) == EPOCHS
+            assert len(rows) == CAMPAIGN_EPOCHS
         assert rec["config"]["model"]["backbone"] == rec["params"]["model.backbone"]
         hparams = run.loc / "tensorboard" / "hparams"
         assert hparams.exists() and any(c.name.startswith("events.out.tfevents") for c in hparams.ls())
