@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.guard import end_session_processes, free_port, become_subreaper, session_mark, weed_ports
+from tests.guard import become_subreaper, end_session_processes, free_port, session_mark, weed_ports  # noqa: F401
 from unet_dist.config import Config, StorageConfig, load_config
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

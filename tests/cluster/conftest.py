@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,17 +25,13 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.guard import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_env(temp_dir: str, **extra: str) -> dict[str, str]:

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.guard import marked_pids
+
 from unet_dist.runs import RunDir
 from unet_dist.storage import resolve
 from unet_dist.train import TrainingFailed, fit
@@ -50,23 +52,11 @@ def test_a_user_error_on_a_worker_is_not_retried(small_config, ray_local, synthe
     assert run.read_record()["status"] == "failed" and time.time() - start < 60
 
 
-def _ray_pids(mark: str) -> list[int]:
-    """PIDs of processes whose environment carries ``mark`` (the CLI and every Ray process it started)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and mark.encode() in (proc / "environ").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
 @pytest.mark.ray
 def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, own_ray_tmpdir) -> None:
     EPOCHS = 8  # enough that the interrupt lands mid-run, even when an epoch takes a fraction of a second
-    mark = f"UNET_DIST_TEST_MARK={uuid.uuid4().hex}"
-    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1], "RAY_TMPDIR": own_ray_tmpdir, "OMP_NUM_THREADS": "1"}
+    mark = uuid.uuid4().hex  # in the environment of the CLI and of every Ray process it starts
+    env = {**os.environ, "UNET_DIST_TEST_MARK": mark, "RAY_TMPDIR": own_ray_tmpdir, "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "unet_dist", "train", "--data", synthetic_dataset, "--storage", str(tmp_path / "runs"),
            "--name", "r", "--epochs", str(EPOCHS), "--json", "--workers", "1",
@@ -83,9 +73,9 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, o
     assert proc.returncode == 130, err[-2000:]
     assert "--name r" in err and "Traceback" not in err
     deadline = time.time() + 30
-    while _ray_pids(mark) and time.time() < deadline:
+    while marked_pids("UNET_DIST_TEST_MARK", mark) and time.time() < deadline:
         time.sleep(0.5)
-    assert not _ray_pids(mark), "Ray processes outlived the interrupted command"
+    assert not marked_pids("UNET_DIST_TEST_MARK", mark), "Ray processes outlived the interrupted command"
     record = run.read_record()
     assert record["status"] == "stopped" and 1 <= record["epochs"] < EPOCHS
 

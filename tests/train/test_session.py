@@ -4,7 +4,6 @@ head whose autoscaler (Ray's fake multi-node provider) can launch a GPU node typ
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import free_port
+from tests.guard import kill_marked
 import yaml
 
 from unet_dist.config import load_config
@@ -39,17 +39,6 @@ FAKE_CLUSTER = {
 }
 
 
-def _marked_pids(mark: str) -> list[int]:
-    out = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if mark.encode() in (proc / "environ").read_bytes():
-                out.append(int(proc.name))
-        except OSError:
-            continue
-    return out
-
-
 @pytest.fixture
 def fake_autoscaling_head(tmp_path, ray_tmpdir):
     """``ray start --head`` with the fake multi-node autoscaler; stopped by killing the processes it started."""
@@ -73,19 +62,7 @@ def fake_autoscaling_head(tmp_path, ray_tmpdir):
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        for pid in _marked_pids(mark):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 5
-        while _marked_pids(mark) and time.time() < deadline:
-            time.sleep(0.3)
-        for pid in _marked_pids(mark):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_marked("UNET_DIST_HEAD_MARK", mark)
 
 
 def test_gpu_node_types_from_a_launcher_config() -> None:

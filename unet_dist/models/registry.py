@@ -44,8 +44,6 @@ def register_backbone(*names: str, depths: tuple[int, int] | None = None, maxunp
 
     def deco(fn: EncoderBuilder) -> EncoderBuilder:
         for name in names:
-            if name in BACKBONES:
-                raise ValueError(f"backbone {name!r} is already registered (in the model.backbone registry)")
             if name not in catalog.BACKBONES:
                 if depths is None:
                     raise ValueError(f"backbone {name!r} is not in unet_dist.catalog: pass depths=(lo, hi)")

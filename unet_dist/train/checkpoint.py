@@ -19,18 +19,16 @@ from __future__ import annotations
 import hashlib
 import pickle
 import zipfile
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from unet_dist.config import StorageConfig
-from unet_dist.errors import StorageError, UserError
+from unet_dist.errors import StorageError
 from unet_dist.models.weights import safe_load
-from unet_dist.runs import (ALIAS_FILE, CHAMPION, MARKER_FILE, MODEL_CARD, STATE_FILE, CheckpointError,  # noqa: F401
-                            marker_text, state_location)
-from unet_dist.storage import Location, resolve
+from unet_dist.runs import CHAMPION, MARKER_FILE, STATE_FILE, CheckpointError, marker_text, state_location
+from unet_dist.storage import Location
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
