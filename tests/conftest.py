@@ -38,6 +38,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         ray.shutdown()
     end_session_processes()
 
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 ISBI = SHARED_DATA / "isbi2012-membrane"
@@ -168,6 +169,12 @@ def ray_tmpdir() -> Path:
     shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ray_tmpdir_for_every_test(ray_tmpdir: Path) -> None:
+    """RAY_TMPDIR set from the first test on, so no Ray a test starts (in-process or a CLI subprocess) reads the
+    default /tmp/ray, where a ``ray start`` outside the suite (or test_hermetic's stray head) keeps its address."""
+
+
 @pytest.fixture
 def own_ray_tmpdir() -> str:
     """A short RAY_TMPDIR for a subprocess that starts its own Ray (socket paths must stay under 108 bytes)."""
@@ -183,8 +190,16 @@ def ray_local(ray_tmpdir):
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
+        start_ray(ray_tmpdir)
     return ray
+
+
+def start_ray(ray_tmpdir: Path) -> None:
+    """The suite's shared local Ray: 2 CPUs, our temp dir, started as unet-dist starts its own (every process of
+    it knows its address, so Ray's helpers never look for another Ray on the machine)."""
+    from unet_dist.train.session import init_local
+
+    init_local(num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
 
 
 RAY_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "AWS_ACCESS_KEY_ID": S3_KEY,
@@ -266,7 +281,7 @@ def shared_campaign(isbi_small_dir: Path, s3_server: dict, ray_tmpdir: Path, tmp
     from unet_dist.tune import run_campaign
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
+        start_ray(ray_tmpdir)
     root = f"s3://{s3_server['bucket']}/collect-tree"
     dataset = f"{root}-data"
     ingest(str(isbi_small_dir), dataset, IngestConfig(split=(0.5, 0.25, 0.25), seed=0), progress=False)

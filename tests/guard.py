@@ -124,11 +124,27 @@ def end_session_processes() -> None:
     _reap()
 
 
+def free_ports(n: int, avoid: frozenset[int] | set[int] = frozenset()) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1, none in ``avoid``. All are held open until all are chosen: ports
+    taken one at a time can repeat (the kernel hands a just-released port out again), and a Ray head refuses two
+    components on one port."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < n + len(avoid):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+            if len({h.getsockname()[1] for h in held} - set(avoid)) >= n:
+                break
+        return sorted({h.getsockname()[1] for h in held} - set(avoid))[:n]
+    finally:
+        for s in held:
+            s.close()
+
+
 def free_port() -> int:
     """One free port on 127.0.0.1 (for services without weed's gRPC rule)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def weed_ports(n: int) -> list[int]:

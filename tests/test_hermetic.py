@@ -17,8 +17,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from tests.conftest import free_port
-from tests.guard import kill_marked, marked_pids
+from tests.guard import free_ports, kill_marked, marked_pids
 from unet_dist.runs import CampaignDir, RunDir
 from unet_dist.storage import resolve
 
@@ -44,8 +43,9 @@ def stray_head() -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_TMPDIR", "TMPDIR", "RAY_ADDRESS")}
     env.update(UNET_DIST_STRAY_MARK=mark, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    port = 6379 if _port_free(6379) else free_port()
-    dash = 8265 if _port_free(8265) else free_port()
+    spare = iter(free_ports(2, avoid={6379, 8265}))
+    port = 6379 if _port_free(6379) else next(spare)
+    dash = 8265 if _port_free(8265) else next(spare)
     address_file = Path("/tmp/ray/ray_current_cluster")
     before = address_file.read_text() if address_file.exists() else None
     res = subprocess.run([str(VENV_BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
@@ -113,6 +113,10 @@ def test_a_stray_ray_head_changes_nothing(stray_head, synthetic_dataset, tmp_pat
     print(f"train {train_s:.1f} s, campaign {tune_s:.1f} s")
     assert train_s < 90 and tune_s < 150, (train_s, tune_s)
     assert _stray_drivers(stray_head["dashboard"]) == [], "a test process attached to the stray Ray"
+    # Ray's helpers inside the runs (Ray Train's placement-group cleaner) asked their own Ray, not "the" Ray of the
+    # machine: without RAY_ADDRESS in the job they log this and query the stray (or fail) instead.
+    logs = [p for p in Path(own_ray_tmpdir).glob("**/session_2*/logs/*") if p.is_file()]
+    assert logs and not [p.name for p in logs if "multiple active Ray instances" in p.read_text(errors="replace")]
 
 
 def test_weed_ports_never_collide_with_each_others_grpc_ports() -> None:
@@ -123,6 +127,13 @@ def test_weed_ports_never_collide_with_each_others_grpc_ports() -> None:
         used = ports + [p + GRPC_OFFSET for p in ports]
         assert len(set(used)) == len(used), ports  # no port is another one's gRPC twin, no two are equal
         assert all(p + GRPC_OFFSET <= 65535 for p in ports)
+
+
+def test_free_ports_are_distinct_and_avoid_what_they_are_told() -> None:
+    """A Ray head takes seven ports at once: one port handed out twice makes ``ray start`` refuse to run."""
+    for _ in range(200):
+        ports = free_ports(7, avoid={6379})
+        assert len(set(ports)) == 7 and 6379 not in ports
 
 
 def test_orphans_of_test_processes_stay_in_reach(tmp_path) -> None:

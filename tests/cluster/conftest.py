@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.guard import free_port
+from tests.guard import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -130,14 +130,15 @@ def start_head(num_cpus: float, *, gcs_port: int | None = None, autoscaling_conf
                extra_env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[Head]:
     """``ray start --head --block`` on 127.0.0.1 with free ports and a short temp dir; stopped on exit."""
     temp_dir = tempfile.mkdtemp(prefix="urh", dir="/tmp")
-    gcs_port, dash_port = gcs_port or free_port(), free_port()
+    ports = free_ports(7, avoid={gcs_port} if gcs_port else set())
+    gcs_port, dash_port = gcs_port or ports.pop(), ports.pop()
     env = ray_env(temp_dir, **(extra_env or {}))
     cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
            f"--num-cpus={num_cpus:g}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-           f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-           f"--metrics-export-port={free_port()}"]
+           f"--ray-client-server-port={ports[0]}", f"--dashboard-agent-listen-port={ports[1]}",
+           f"--dashboard-agent-grpc-port={ports[2]}", f"--runtime-env-agent-port={ports[3]}",
+           f"--metrics-export-port={ports[4]}"]
     if autoscaling_config is not None:
         cmd.append(f"--autoscaling-config={autoscaling_config}")
     log = Path(temp_dir) / "head.log"

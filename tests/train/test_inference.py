@@ -53,9 +53,9 @@ def trained(tmp_path_factory, ray_tmpdir):
                              "resources.cpus_per_worker=0.5", "resources.torch_threads=1", "resources.use_gpu=false",
                              "train.epochs=2", "train.lr=0.003", "train.name=infer"])
     if not ray.is_initialized():
-        from tests.conftest import RAY_RUNTIME_ENV
+        from tests.conftest import start_ray
 
-        ray.init(address="local", num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
+        start_ray(ray_tmpdir)
     summary = fit(cfg, progress=False)
     return root, summary.best_checkpoint
 

@@ -137,6 +137,42 @@ def with_credentials(runtime_env: dict[str, Any] | None, cfg: Config) -> dict[st
     return runtime_env
 
 
+def init_local(**init_kwargs: Any) -> None:
+    """``ray.init(address="local", ...)``: a private local Ray whose every process knows its address.
+
+    Ray's helpers inside a job (Ray Train's placement-group cleaner, the state API) look up "the" Ray of the
+    machine when ``RAY_ADDRESS`` is unset: with a ``ray start`` head on the machine they query that one (and may
+    remove a live run's placement group, its controller being unknown there), with a second local Ray they fail.
+    So the GCS port is chosen here (``RAY_GCS_SERVER_PORT`` while Ray starts) and the job's env_vars carry
+    ``RAY_ADDRESS``. A port taken in between is retried once on another."""
+    import ray
+    from ray._private.services import get_node_ip_address
+
+    runtime_env = dict(init_kwargs.pop("runtime_env", None) or {})
+    for attempt in range(2):
+        port = _free_port()
+        env_vars = {**(runtime_env.get("env_vars") or {}), "RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}
+        saved = os.environ.get("RAY_GCS_SERVER_PORT")
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        try:
+            ray.init(address=LOCAL, runtime_env={**runtime_env, "env_vars": env_vars}, **init_kwargs)
+            return
+        except Exception:
+            if attempt or ray.is_initialized():
+                raise
+        finally:
+            if saved is None:
+                os.environ.pop("RAY_GCS_SERVER_PORT", None)
+            else:
+                os.environ["RAY_GCS_SERVER_PORT"] = saved
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def ray_session(cfg: Config, *, verbose: bool = False, **init_kwargs: Any) -> Iterator[bool]:
     """Attach to the named cluster or start a private local Ray for the block; yields True if this call started Ray.
@@ -158,9 +194,13 @@ def ray_session(cfg: Config, *, verbose: bool = False, **init_kwargs: Any) -> It
         print(f"note: a Ray cluster runs on this machine ({other}); this command starts a local Ray of its own "
               "(--address auto runs on that one)", file=sys.stderr)
     init_kwargs["runtime_env"] = with_credentials(init_kwargs.get("runtime_env"), cfg)
+    init_kwargs.update(configure_logging=True, logging_level=logging.INFO if verbose else logging.WARNING,
+                       log_to_driver=verbose)
     try:
-        ray.init(address=address, configure_logging=True, logging_level=logging.INFO if verbose else logging.WARNING,
-                 log_to_driver=verbose, **init_kwargs)
+        if address == LOCAL:
+            init_local(**init_kwargs)
+        else:
+            ray.init(address=address, **init_kwargs)
     except ConnectionError as err:
         raise UserError(f"cannot connect to the Ray cluster at {address!r} (resources.address / RAY_ADDRESS): {err}") from None
     quiet_ray_logs(verbose)
