@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from unet_dist.config import ModelConfig  # noqa: E402
 from unet_dist.models import create_unet  # noqa: E402
-from unet_dist.train.losses import create_loss  # noqa: E402
+from unet_dist.losses import create_loss  # noqa: E402
 
 SIZE, BATCH = 256, 4
 

@@ -109,7 +109,7 @@ def train_throughput(model_name: str, amp: bool, args: argparse.Namespace) -> di
 
     from unet_dist.config import ModelConfig
     from unet_dist.models import create_unet
-    from unet_dist.train.losses import create_loss
+    from unet_dist.losses import create_loss
 
     torch.manual_seed(0)
     model = create_unet(ModelConfig(**MODELS[model_name])).cuda().to(memory_format=torch.channels_last)

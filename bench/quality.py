@@ -48,7 +48,7 @@ from unet_dist.data.codec import decode_image, decode_mask  # noqa: E402
 from unet_dist.data.ingest import ingest  # noqa: E402
 from unet_dist.runs import RunDir  # noqa: E402
 from unet_dist.storage import resolve  # noqa: E402
-from unet_dist.train.metrics import confusion_matrix, scores  # noqa: E402
+from unet_dist.inference.metrics import confusion_matrix, scores  # noqa: E402
 
 ISBI = REPO.parent / "shared" / "data" / "isbi2012-membrane"
 THREADS = 2
@@ -192,7 +192,7 @@ def main() -> None:
         sys.exit(f"data not found at {data}: pass --data FOLDER with images/ and masks/")
     import ray
 
-    from unet_dist.train.session import quiet_ray_logs
+    from unet_dist.session import quiet_ray_logs
 
     tmp = Path(tempfile.mkdtemp(prefix="unet-quality-"))
     try:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from unet_dist.config import ModelConfig  # noqa: E402
 from unet_dist.models import create_unet  # noqa: E402
-from unet_dist.train.losses import create_loss  # noqa: E402
+from unet_dist.losses import create_loss  # noqa: E402
 
 
 def _batches(args: argparse.Namespace, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:

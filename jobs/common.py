@@ -44,7 +44,7 @@ def attached(cfg: Config) -> Iterator[None]:
     """Attach to the job's cluster for the whole job and take SIGTERM (``ray job stop``; SIGKILL follows after
     RAY_JOB_STOP_WAIT_TIME_S, 3 s) like Ctrl-C, so the run or campaign record ends ``stopped``, not ``running``.
     The handler goes in after ``ray.init``, whose own SIGTERM handler exits without closing any record."""
-    from unet_dist.train.session import ray_session
+    from unet_dist.session import ray_session
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

@@ -197,7 +197,7 @@ def ray_local(ray_tmpdir):
 def start_ray(ray_tmpdir: Path) -> None:
     """The suite's shared local Ray: 2 CPUs, our temp dir, started as unet-dist starts its own (every process of
     it knows its address, so Ray's helpers never look for another Ray on the machine)."""
-    from unet_dist.train.session import init_local
+    from unet_dist.session import init_local
 
     init_local(num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
 

@@ -131,3 +131,25 @@ def test_loads_neither_torch_nor_ray(module: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", f"{module} loads {out.stdout.strip()}"
+
+
+def test_collect_imports_nothing_of_train() -> None:
+    """The collector ranks, exports, reports and predicts from what is on storage, through ``inference``."""
+    graph = import_graph()
+    wrong = [f"{m} -> {t} (line {line})" for m, edges in graph.items() if _unit(m) == "collect"
+             for t, line in edges.items() if _unit(t) == "train"]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_inference_runs_without_ray() -> None:
+    """Evaluating a model on a split (the report's test view) loads torch but never Ray, in a fresh process."""
+    code = ("import sys, numpy as np, torch\n"
+            "from unet_dist.inference import evaluate_model, load_model, predict_tiled\n"
+            "from unet_dist.inference.evaluate import eval_batches\n"
+            "from unet_dist.inference.masks import encode_mask\n"
+            "from unet_dist.inference.overlay import overlay_png\n"
+            "encode_mask(np.zeros((4, 4), np.int64), 2)\n"
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

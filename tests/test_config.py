@@ -13,7 +13,7 @@ from unet_dist.errors import ConfigError
 from unet_dist.models.blocks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, POOLING, UNPOOLING
 from unet_dist.models.registry import BACKBONES
 from unet_dist.registry import Registry
-from unet_dist.train.losses import LOSSES
+from unet_dist.losses import LOSSES
 from unet_dist.train.optim import OPTIMIZERS, SCHEDULERS
 
 REGISTRIES = [BACKBONES, POOLING, UNPOOLING, ACTIVATIONS, OUTPUT_ACTIVATIONS, NORMS, LOSSES, OPTIMIZERS, SCHEDULERS]

@@ -149,7 +149,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from unet_dist.train.evaluate import evaluate
+    from unet_dist.inference.evaluate import evaluate
 
     cfg = load_config(args.config, args.overrides)
     out = evaluate(args.checkpoint, split=args.split, dataset=args.data, storage=cfg.storage, progress=not args.json)
@@ -391,7 +391,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from unet_dist.collect.predict import predict
-    from unet_dist.collect.tiles import Tiling
+    from unet_dist.inference.tiles import Tiling
 
     cfg = load_config(args.config, [*args.overrides, *_flag_overrides(args, {"address": "resources.address"})])
     tiling = Tiling(**{k: v for k, v in (("tile", args.tile), ("overlap", args.overlap), ("batch_size", args.batch_size))

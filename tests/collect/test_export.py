@@ -18,7 +18,7 @@ from unet_dist.cli import main
 from unet_dist.collect.export import export
 from unet_dist.collect.leaderboard import collect
 from unet_dist.storage import resolve
-from unet_dist.train.checkpoint import CheckpointError, load_checkpoint
+from unet_dist.checkpoint import CheckpointError, load_checkpoint
 
 CARD_FIELDS = ("config", "params", "metrics", "monitor", "dataset", "code_version", "created_at", "source", "epoch", "files")
 
@@ -102,7 +102,7 @@ def test_exported_model_and_champion_are_checkpoint_references(exported: dict) -
     from unet_dist.config import Config
     from unet_dist.errors import ConfigError
     from unet_dist.models import create_unet
-    from unet_dist.train.inference import checkpoint_config, load_model
+    from unet_dist.inference.model import checkpoint_config, load_model
     from unet_dist.train.trainer import check_resume_from
 
     store = Path(exported["store"])

@@ -17,7 +17,7 @@ from unet_dist.collect.ray_snapshot import SNAPSHOT_FILE, referenced
 from unet_dist.collect.leaderboard import collect
 from unet_dist.runs import MARKER_FILE, STATE_FILE
 from unet_dist.storage import resolve
-from unet_dist.train.checkpoint import load_checkpoint
+from unet_dist.checkpoint import load_checkpoint
 
 
 def gc_json(capsys, *args: str) -> dict:

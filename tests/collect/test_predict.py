@@ -20,7 +20,7 @@ from PIL import Image
 
 from unet_dist.cli import main
 from unet_dist.collect.predict import OVERLAY_DIR, predict
-from unet_dist.collect.tiles import Tiling, tile_boxes, tile_starts, window_1d
+from unet_dist.inference.tiles import Tiling, tile_boxes, tile_starts, window_1d
 from unet_dist.config import IngestConfig, load_config
 from unet_dist.data.codec import decode_image, decode_mask, to_model_input
 from unet_dist.data.ingest import ingest
@@ -28,11 +28,11 @@ from unet_dist.data.manifest import read_manifest
 from unet_dist.data.pipeline import pipeline_spec
 from unet_dist.models import create_unet
 from unet_dist.storage import resolve
-from unet_dist.train.checkpoint import save_checkpoint
-from unet_dist.train.evaluate import evaluate, split_rows
-from unet_dist.train.inference import load_model
-from unet_dist.train.losses import create_loss
-from unet_dist.train.metrics import confusion_matrix, scores
+from unet_dist.checkpoint import save_checkpoint
+from unet_dist.inference.evaluate import evaluate, split_rows
+from unet_dist.inference.model import load_model
+from unet_dist.losses import create_loss
+from unet_dist.inference.metrics import confusion_matrix, scores
 from unet_dist.train.optim import create_optimizer
 from unet_dist.train.trainer import inference_block
 

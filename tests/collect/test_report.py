@@ -25,8 +25,8 @@ from unet_dist.collect.report import write_report
 from unet_dist.config import IngestConfig
 from unet_dist.runs import CampaignDir, RunDir
 from unet_dist.storage import resolve
-from unet_dist.train.evaluate import evaluate
-from unet_dist.train.metrics import scores
+from unet_dist.inference.evaluate import evaluate
+from unet_dist.inference.metrics import scores
 
 pytestmark = [pytest.mark.s3, pytest.mark.ray]
 
@@ -106,7 +106,7 @@ def _offline(text: str, page: Page) -> None:
 
 def _split_ids(dataset: str, split: str) -> set[str]:
     from unet_dist.data.manifest import read_manifest
-    from unet_dist.train.evaluate import split_rows
+    from unet_dist.inference.evaluate import split_rows
 
     return {i for i, _, _ in split_rows(read_manifest(dataset), split)}
 
@@ -174,9 +174,9 @@ def _ray_path(checkpoint: str, split: str, dataset: str) -> dict[str, Any]:
     """Yesterday's evaluate: Ray Data reads the split, the validation iterator batches it, validate scores it."""
     from unet_dist.data.manifest import read_manifest
     from unet_dist.data.pipeline import build_datasets, iter_val_batches, pipeline_spec
-    from unet_dist.train.inference import load_model
-    from unet_dist.train.loop import validate
-    from unet_dist.train.losses import create_loss
+    from unet_dist.inference.model import load_model
+    from unet_dist.inference.validate import validate
+    from unet_dist.losses import create_loss
 
     loaded = load_model(checkpoint)
     cfg = loaded.cfg

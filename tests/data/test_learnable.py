@@ -10,7 +10,7 @@ from unet_dist.config import DataConfig, ModelConfig
 from unet_dist.data import read_manifest, split_paths
 from unet_dist.data.pipeline import augment, collate_whole, crop_seed, decode_row, pipeline_spec
 from unet_dist.data.synthetic import demo_dataset
-from unet_dist.train.metrics import confusion_matrix, predict_labels, scores
+from unet_dist.inference.metrics import confusion_matrix, predict_labels, scores
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from PIL import Image
 
 from unet_dist.config import ModelConfig
 from unet_dist.models import create_unet
-from unet_dist.train.metrics import confusion_matrix, predict_labels, scores
+from unet_dist.inference.metrics import confusion_matrix, predict_labels, scores
 
 SIZE, IMAGES, MAX_STEPS, TARGET_IOU = 128, 4, 300, 0.9
 

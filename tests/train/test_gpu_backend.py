@@ -20,7 +20,7 @@ from tests.conftest import REPO, free_port
 from unet_dist.config import load_config
 from unet_dist.errors import ConfigError
 from unet_dist.train import collectives
-from unet_dist.train.session import GPU_GROUPS_ENV, decide_gpu, head_gpu_node_types, parse_gpu_groups
+from unet_dist.session import GPU_GROUPS_ENV, decide_gpu, head_gpu_node_types, parse_gpu_groups
 
 LEGACY_GPU_BACKEND = "nccl"
 """What GPU runs started their process group with before collectives.GPU_BACKEND."""
@@ -39,7 +39,7 @@ def _exercise(rank: int, spec: str, port: int, out: Any) -> None:
     import torch.distributed as dist
 
     from unet_dist.train.loop import SyncedBatches, _agree, _slowest, sync_buffers
-    from unet_dist.train.metrics import EpochMeter
+    from unet_dist.inference.metrics import EpochMeter
 
     try:
         dist.init_process_group(spec, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -48,7 +48,7 @@ def _exercise(rank: int, spec: str, port: int, out: Any) -> None:
         slowest = _slowest(1.5 + rank, distributed=True)
         agreed = _agree({"resume": f"rank{rank}"}, distributed=True)
         nodes = collectives.all_gather_object(f"node{rank}")
-        meter = EpochMeter(2)
+        meter = EpochMeter(2, reduce=collectives.all_reduce_sum)
         logits = torch.zeros(1, 2, 4, 4)
         logits[:, 1] = 1.0  # predicts foreground everywhere
         meter.update(logits, torch.full((1, 4, 4), rank, dtype=torch.int64), loss=0.5 + rank)

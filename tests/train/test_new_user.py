@@ -12,7 +12,7 @@ from unet_dist.errors import DataError
 from unet_dist.runs import pick_best
 from unet_dist.storage import resolve
 from unet_dist.train import fit
-from unet_dist.train.metrics import confusion_matrix, scores
+from unet_dist.inference.metrics import confusion_matrix, scores
 
 from datagen import write_csv, write_pairs
 

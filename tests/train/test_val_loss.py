@@ -48,7 +48,7 @@ def _val_loss(dataset: str, storage: str, workers: int, val_batch_size: int) -> 
 
 @pytest.mark.ray
 def test_val_loss_is_the_same_for_any_val_batch_size_and_worker_count(dataset: str, tmp_path, ray_local) -> None:
-    from unet_dist.train.evaluate import evaluate
+    from unet_dist.inference.evaluate import evaluate
 
     storage = str(tmp_path / "runs")
     one, checkpoint = _val_loss(dataset, storage, workers=1, val_batch_size=1)
@@ -62,8 +62,8 @@ def test_val_loss_weights_each_image_by_its_valid_pixels_and_skips_padding() -> 
     """validate() on hand-made batches: the loss of each image alone, weighted by its pixels with target >= 0."""
     import torch
 
-    from unet_dist.train.losses import create_loss
-    from unet_dist.train.loop import validate
+    from unet_dist.losses import create_loss
+    from unet_dist.inference.validate import validate
 
     cfg = load_config(None, ["model.num_classes=2"])
     loss_fn = create_loss("dice_ce", 2)

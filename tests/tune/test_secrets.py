@@ -106,7 +106,7 @@ def test_no_credential_in_any_written_byte(s3_server, s3_uri, ray_local, ray_tmp
     import ray
 
     from unet_dist.train import fit
-    from unet_dist.train.session import ray_session
+    from unet_dist.session import ray_session
     from unet_dist.tune import run_campaign
 
     since = time.time() - 1

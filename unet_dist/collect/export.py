@@ -18,7 +18,7 @@ file's size and SHA-256.
 S3 has no symlinks, so ``champion`` is an alias file, not a link or a copy: one small write, made after every
 model's card, so it never names a partly copied model; it names a sibling folder, so a store keeps working when it
 is moved or synced elsewhere. Every checkpoint reference (``evaluate``, ``predict``, ``train.resume_from``,
-``model.weights``) accepts ``DEST/<model>`` and ``DEST/champion`` (see :func:`unet_dist.train.checkpoint.state_location`).
+``model.weights``) accepts ``DEST/<model>`` and ``DEST/champion`` (see :func:`unet_dist.runs.state_location`).
 
 Each export also pins its source in ``STORAGE/exports/`` so ``unet-dist gc`` never deletes an exported checkpoint;
 the pin lives until the model is removed on purpose (:func:`remove_export`, ``unet-dist export --remove NAME``).

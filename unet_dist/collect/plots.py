@@ -93,7 +93,7 @@ def histogram_png(values: Sequence[float], label: str) -> bytes:
 
 
 def overlay_png(rgb: torch.Tensor) -> bytes:
-    """A ``3 x H x W`` float overlay in [0, 1] (from :func:`unet_dist.train.loop.overlay`) as PNG."""
+    """A ``3 x H x W`` float overlay in [0, 1] (from :func:`unet_dist.inference.overlay.overlay`) as PNG."""
     from PIL import Image
 
     pixels = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()

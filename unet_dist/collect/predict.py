@@ -2,7 +2,7 @@
 Ray Data job over a cluster.
 
 Every image goes through one function, :func:`predict_file` (decode with :mod:`unet_dist.data.codec`, normalise with
-the checkpoint's training statistics, sliding-window inference from :mod:`unet_dist.collect.tiles`, write the mask),
+the checkpoint's training statistics, sliding-window inference from :mod:`unet_dist.inference.tiles`, write the mask),
 whether the local loop or a Ray actor calls it, so both write the same bytes. Masks land in ``OUT`` under the
 images' relative names with a ``.png`` suffix: two-class models write 0 (background) / 255 (foreground) grayscale
 PNGs, more classes a palette PNG whose pixel values are the class ids. An image that cannot be decoded or fed to the
@@ -11,7 +11,6 @@ model is skipped and reported by name; the others are still written.
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import time
@@ -20,24 +19,18 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
-from PIL import Image
 
-from unet_dist.collect.tiles import Tiling, predict_tiled, tile_boxes
 from unet_dist.config import Config, ResourcesConfig, StorageConfig
-from unet_dist.data.codec import IMAGE_SUFFIXES, decode_image, dtype_range, encode_png, intensity_range
+from unet_dist.data.codec import IMAGE_SUFFIXES, decode_image
 from unet_dist.errors import DataError, UserError
+from unet_dist.inference.masks import encode_mask, mask_name, mask_values
+from unet_dist.inference.model import LoadedModel, load_model
+from unet_dist.inference.overlay import overlay_png
+from unet_dist.inference.tiles import Tiling, predict_tiled, tile_boxes
 from unet_dist.storage import Location, check_writable, credential_env, public_storage, resolve, with_env_settings
-from unet_dist.train.inference import LoadedModel, load_model
 
 OVERLAY_DIR = "overlays"
 """Overlays go to ``OUT/overlays/`` under the same relative names as the masks."""
-OVERLAY_ALPHA = 0.4
-PALETTE = np.array([
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128),
-], dtype=np.uint8)
-"""Class colours of overlays and palette masks (class 0, background, is black); repeats after 20 classes."""
 
 
 @dataclass
@@ -66,58 +59,6 @@ class PredictSummary:
         data = asdict(self)
         data.pop("masks")
         return json.dumps(data)
-
-
-def mask_name(rel: str) -> str:
-    """The mask's relative name for an image's relative name: the same path with a ``.png`` suffix."""
-    return posixpath.splitext(rel)[0] + ".png"
-
-
-def mask_values(num_classes: int, class_names: list[str]) -> dict[str, int]:
-    """Class name -> pixel value in the written masks (0/255 for two classes, else the class id)."""
-    k = max(2, num_classes)
-    names = class_names if len(class_names) == k else [str(i) for i in range(k)]
-    return {names[0]: 0, names[1]: 255} if k == 2 else {name: i for i, name in enumerate(names)}
-
-
-def encode_mask(labels: np.ndarray, num_classes: int) -> bytes:
-    """PNG of class ids: 0/255 grayscale for two classes, a palette PNG (value = class id) up to 256, else 16-bit."""
-    k = max(2, num_classes)
-    if k == 2:
-        return encode_png((labels > 0).astype(np.uint8) * 255)
-    if k > 256:
-        return encode_png(labels.astype(np.uint16))
-    im = Image.fromarray(labels.astype(np.uint8), mode="P")
-    im.putpalette(PALETTE[np.arange(256) % len(PALETTE)].reshape(-1).tolist())
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def display_rgb(pixels: np.ndarray, stats: dict[str, Any] | None) -> np.ndarray:
-    """8-bit RGB of an ``H x W x C`` image, scaled by the range the model scales it by."""
-    try:
-        low, high = intensity_range(pixels.dtype, stats)
-    except DataError:
-        low, high = dtype_range(pixels.dtype)
-    v = np.clip((pixels.astype(np.float32) - low) / max(high - low, 1e-12), 0.0, 1.0)
-    rgb = np.repeat(v, 3, axis=-1) if v.shape[-1] == 1 else v[..., :3]
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
-
-
-def overlay_png(pixels: np.ndarray, labels: np.ndarray, stats: dict[str, Any] | None) -> bytes:
-    """The image with every non-background class tinted in its colour and its outline drawn solid."""
-    rgb = display_rgb(pixels, stats).astype(np.float32)
-    colors = PALETTE[labels % len(PALETTE)].astype(np.float32)
-    edge = np.zeros(labels.shape, dtype=bool)
-    edge[:-1] |= labels[:-1] != labels[1:]
-    edge[1:] |= labels[1:] != labels[:-1]
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    fg = labels > 0
-    rgb[fg] = (1.0 - OVERLAY_ALPHA) * rgb[fg] + OVERLAY_ALPHA * colors[fg]
-    rgb[fg & edge] = colors[fg & edge]
-    return encode_png((rgb + 0.5).astype(np.uint8))
 
 
 def predict_file(model: LoadedModel, src: Location, rel: str, out: Location, tiling: Tiling,
@@ -199,7 +140,7 @@ def actor_pool(cfg: Config, workers: int | None, threads: int) -> tuple[bool, in
     else ``threads`` CPUs per actor."""
     import ray
 
-    from unet_dist.train.session import decide_gpu
+    from unet_dist.session import decide_gpu
 
     gpu = decide_gpu(cfg).use_gpu
     available = ray.cluster_resources().get("GPU", 1) if gpu else ray.cluster_resources().get("CPU", 1) / threads
@@ -252,7 +193,7 @@ def predict(checkpoint: str, images: str, out: str, *, tiling: Tiling = Tiling()
         task = bar.add_task("predicting", total=len(items))
         advance = lambda: bar.advance(task)  # noqa: E731
         if use_ray:
-            from unet_dist.train.session import ray_session
+            from unet_dist.session import ray_session
 
             with ray_session(cfg, include_dashboard=False):
                 gpu, workers = actor_pool(cfg, workers, threads or 1)

@@ -7,7 +7,7 @@ IoU distribution and the best and worst test images. Figures are PNG ``data:`` U
 page loads nothing from anywhere.
 
 No Ray: metrics come from the run files (:mod:`unet_dist.runs`), the test view from
-:func:`unet_dist.train.evaluate.evaluate_model`, which reads the dataset's Parquet shards directly. Runs are
+:func:`unet_dist.inference.evaluate.evaluate_model`, which reads the dataset's Parquet shards directly. Runs are
 found relative to the folder given, never through the absolute URIs their records hold, so a copied or synced tree
 reports the same.
 """
@@ -245,10 +245,10 @@ def _overlays(loaded: Any, manifest: dict[str, Any], split: str, ids: Iterable[s
     import torch
 
     from unet_dist.data.codec import decode_image, decode_mask
-    from unet_dist.train.evaluate import split_rows
-    from unet_dist.train.loop import overlay
-    from unet_dist.train.losses import remap_ignore
-    from unet_dist.train.metrics import confusion_matrix, scores
+    from unet_dist.inference.evaluate import split_rows
+    from unet_dist.inference.metrics import confusion_matrix, scores
+    from unet_dist.inference.overlay import overlay
+    from unet_dist.losses import remap_ignore
 
     wanted = set(ids) if ids is not None else None
     out: dict[str, tuple[bytes, str]] = {}
@@ -271,7 +271,7 @@ def _grid(images: dict[str, tuple[bytes, str]], order: list[str], grid_id: str) 
 
 
 def _test_view(loaded: Any, manifest: dict[str, Any], split: str, progress: bool) -> str:
-    from unet_dist.train.evaluate import evaluate_model
+    from unet_dist.inference.evaluate import evaluate_model
 
     out = evaluate_model(loaded, manifest, split, progress=progress)
     names = list(out["per_class_iou"])
@@ -341,8 +341,8 @@ def _model_sections(report: Report, sections: list[str], checkpoint: str, split:
                     storage: StorageConfig | None, val_images: int, progress: bool) -> str:
     """Append the best model's overlays and test view to ``sections``; returns the dataset URI used."""
     from unet_dist.data.manifest import read_manifest
-    from unet_dist.train.evaluate import split_count
-    from unet_dist.train.inference import load_model
+    from unet_dist.inference.evaluate import split_count
+    from unet_dist.inference.model import load_model
 
     loaded = load_model(checkpoint, storage)
     data_uri = dataset or loaded.cfg.data.dataset

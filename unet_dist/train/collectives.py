@@ -76,3 +76,8 @@ def group_backend() -> str | None:
     import torch.distributed as dist
 
     return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over every rank in place (the ``reduce`` of the loop's metrics and validation)."""
+    return all_reduce(t, "sum")

@@ -22,14 +22,15 @@ import torch
 
 from unet_dist.config import Config
 from unet_dist.errors import DataError
+from unet_dist.inference.metrics import EpochMeter
+from unet_dist.inference.validate import validate
+from unet_dist.losses import remap_ignore
 from unet_dist.runs import RunDir, checkpoint_dir_name, checkpoint_epoch, is_complete, reported_metrics
+from unet_dist.session import quiet_ray_logs
 from unet_dist.storage import Location, resolve
 from unet_dist.train import collectives
-from unet_dist.train.losses import remap_ignore
-from unet_dist.train.metrics import EpochMeter, all_reduce_sum, confusion_matrix, predict_labels
 from unet_dist.train.optim import seek_epoch, seek_fraction, steps_per_epoch
 from unet_dist.train.recorder import NullRecorder, Recorder
-from unet_dist.train.session import quiet_ray_logs
 from unet_dist.train.state import TrainState
 
 FAULT_ENV = "UNET_DIST_FAULT"
@@ -108,21 +109,6 @@ class SyncedBatches:
                 self.out_of_time = int(flags[1]) == 0
                 return
             yield batch
-
-
-def overlay(image: torch.Tensor, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """RGB ``3 x H x W`` in [0, 1]: the image in gray, true positives green, false positives red, false negatives blue.
-
-    "Positive" is any non-background class (id > 0); ignored pixels (target < 0) stay gray.
-    """
-    gray = image[:1].float()
-    gray = (gray - gray.min()) / (gray.max() - gray.min()).clamp(min=1e-6)
-    rgb = gray.repeat(3, 1, 1) * 0.6
-    valid = target >= 0
-    p, t = (pred > 0) & valid, (target > 0) & valid
-    for ch, m in ((1, p & t), (0, p & ~t), (2, ~p & t)):
-        rgb[ch][m] = 1.0
-    return rgb.clamp(0, 1)
 
 
 def resume_source(run: RunDir, cfg: Config) -> tuple[str | None, bool]:
@@ -234,7 +220,7 @@ def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any]
         sync_buffers(state.core)
     val_m, shown = validate(state.core, iter_val_batches(shards[1], cfg.data.val_batch_size, spec, w.rank, w.world),
                             state.loss_fn, cfg, w.device, w.class_names, autocast=state.autocast,
-                            n_images=cfg.train.log_images if w.rank == 0 else 0)
+                            n_images=cfg.train.log_images if w.rank == 0 else 0, reduce=collectives.all_reduce_sum)
     row = {**epoch_row(epoch, state.lr, train_m, val_m, train_time, time.perf_counter() - t0, w.world),
            "train_time_s": state.train_time_s}
     local = recorder.on_epoch_end(row, shown, state.snapshot(epoch)) if w.rank == 0 else None
@@ -264,7 +250,7 @@ def train_epoch(w: Worker, cfg: Config, state: TrainState, shard: Any, spec: Any
     tcfg = cfg.train
     budget = tcfg.time_budget_s
     state.model.train()
-    meter = EpochMeter(cfg.model.num_classes, w.class_names)
+    meter = EpochMeter(cfg.model.num_classes, w.class_names, collectives.all_reduce_sum)
     state.optimizer.zero_grad(set_to_none=True)
     micro = 0
 
@@ -346,51 +332,3 @@ def sync_buffers(model: torch.nn.Module) -> None:
         collectives.broadcast(buf.data)
 
 
-@torch.no_grad()
-def validate(model: torch.nn.Module, batches: Any, loss_fn: torch.nn.Module, cfg: Config, device: torch.device,
-             class_names: list[str] | None, autocast: Any = contextlib.nullcontext,
-             n_images: int = 0, per_image: list[tuple[Any, torch.Tensor]] | None = None
-             ) -> tuple[dict[str, Any], list[torch.Tensor]]:
-    """Metrics of ``model`` over ``batches`` (all-reduced under DDP) and up to ``n_images`` overlays.
-
-    The one evaluation pass: the training loop's per-epoch validation and ``unet-dist evaluate``. With
-    ``per_image``, appends ``(id, confusion matrix)`` for each image (ids from a batch's ``"id"``, if it has one).
-
-    ``loss`` is exact and the same whatever the batch size and worker count: ``loss_fn`` on each image alone, weighted
-    by its valid pixels (target >= 0: padding and ignored pixels are not), summed in float64 and all-reduced.
-    """
-    model.eval()
-    meter = EpochMeter(cfg.model.num_classes, class_names)
-    loss_sums = torch.zeros(2, dtype=torch.float64)  # sum of loss_i * valid pixels_i, valid pixels
-    shown: list[torch.Tensor] = []
-    for batch in batches:
-        x = torch.as_tensor(batch["image"]).to(device)
-        y = remap_ignore(torch.as_tensor(batch["mask"]).to(device).long(), cfg.train.ignore_index)
-        with autocast():
-            logits = model(x).float()
-        meter.update(logits, y)
-        loss_sums += image_loss_sums(loss_fn, logits, y)
-        if per_image is not None:
-            pred = predict_labels(logits).cpu()
-            ids = batch.get("id") or [None] * x.shape[0]
-            per_image += [(ids[i], confusion_matrix(pred[i], y[i].cpu(), meter.k)) for i in range(x.shape[0])]
-        if len(shown) < n_images:
-            pred = predict_labels(logits).cpu()
-            for i in range(min(n_images - len(shown), x.shape[0])):
-                shown.append(overlay(x[i].cpu(), pred[i], y[i].cpu()))
-    out = meter.compute()
-    loss_sums = all_reduce_sum(loss_sums)
-    out["loss"] = float(loss_sums[0] / loss_sums[1]) if loss_sums[1] > 0 else float("nan")
-    return out, shown
-
-
-def image_loss_sums(loss_fn: torch.nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``[sum of loss_i * valid_i, sum of valid_i]`` (float64) over a batch's images, ``loss_i`` the loss of image
-    ``i`` alone and ``valid_i`` its pixels with target >= 0; an image without a valid pixel adds nothing."""
-    out = torch.zeros(2, dtype=torch.float64)
-    for i in range(y.shape[0]):
-        valid = int((y[i] >= 0).sum())
-        if valid:
-            out[0] += float(loss_fn(logits[i:i + 1], y[i:i + 1])) * valid
-            out[1] += valid
-    return out

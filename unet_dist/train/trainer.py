@@ -20,11 +20,11 @@ from typing import Any, Sequence
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError, DataError, StorageError, UserError
 from unet_dist.runs import METRICS_FILE, TENSORBOARD_DIR, RunDir, Status, finish_record, new_record, start_record
+from unet_dist.session import GpuDecision, decide_gpu, ray_session
 from unet_dist.storage import Location, check_writable, public_config, ray_storage, resolve
 from unet_dist.train import collectives
 from unet_dist.train.live import LiveView
 from unet_dist.train.loop import FAULT_ENV, train_loop_per_worker
-from unet_dist.train.session import GpuDecision, decide_gpu, ray_session
 
 
 class TrainingFailed(UserError):
@@ -96,7 +96,7 @@ def check_resume_from(cfg: Config) -> None:
     if not cfg.train.resume_from:
         return
     from unet_dist.models import create_unet
-    from unet_dist.train.checkpoint import load_checkpoint
+    from unet_dist.checkpoint import load_checkpoint
 
     try:
         state = load_checkpoint(cfg.train.resume_from, cfg.storage)
@@ -138,7 +138,7 @@ def prepare_data(cfg: Config, manifest: dict[str, Any], datasets: dict[str, Any]
 
 def loop_config(cfg: Config, run: Location, data: PreparedData) -> dict[str, Any]:
     """What every worker receives: the config without credentials (workers read them from their environment,
-    :func:`~unet_dist.train.session.with_credentials`), data spec, run."""
+    :func:`~unet_dist.session.with_credentials`), data spec, run."""
     manifest = data.manifest
     class_names = list(manifest.get("class_names") or cfg.ingest.class_names)
     return {

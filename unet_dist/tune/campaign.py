@@ -108,7 +108,7 @@ def run_campaign(cfg: Config, *, resume: bool = False, console: Any = None, prog
 def _tune(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: Any, manifest: dict[str, Any], resume: bool,
           console: Any, verbose: bool) -> None:
     from unet_dist.data.pipeline import build_datasets
-    from unet_dist.train.session import decide_gpu, ray_session
+    from unet_dist.session import decide_gpu, ray_session
     from unet_dist.train.trainer import fit_off_main_thread
 
     with ray_session(cfg, verbose=verbose):

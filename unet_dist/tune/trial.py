@@ -39,7 +39,7 @@ def trial_main(config: dict[str, Any], *, base: Config, campaign_uri: str, manif
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from unet_dist.train.session import quiet_ray_logs
+    from unet_dist.session import quiet_ray_logs
     from unet_dist.train.trainer import build_trainer, failure_cause, prepare_data
 
     quiet_ray_logs()

@@ -3,7 +3,7 @@
 The model, its settings and its normalisation statistics come from the checkpoint (so the same checkpoint
 scores the same images identically whichever data set holds them); the images come from the dataset the
 checkpoint was trained on, or ``dataset``. The split's Parquet shards are read with pyarrow (local or S3),
-batched as validation batches them and scored by the training loop's :func:`~unet_dist.train.loop.validate`,
+batched as validation batches them and scored by the training loop's :func:`~unet_dist.inference.validate.validate`,
 so the aggregate metrics equal the training-time ones exactly. ``unet-dist evaluate`` and ``unet-dist report``
 share this one path.
 """
@@ -16,10 +16,10 @@ import torch
 
 from unet_dist.config import StorageConfig
 from unet_dist.errors import DataError
-from unet_dist.train.inference import LoadedModel, load_model
-from unet_dist.train.loop import validate
-from unet_dist.train.losses import create_loss
-from unet_dist.train.metrics import scores
+from unet_dist.inference.metrics import scores
+from unet_dist.inference.model import LoadedModel, load_model
+from unet_dist.inference.validate import validate
+from unet_dist.losses import create_loss
 
 Row = tuple[str, bytes, bytes]
 

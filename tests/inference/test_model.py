@@ -20,9 +20,9 @@ from unet_dist.data.manifest import read_manifest, split_paths
 from unet_dist.runs import RunDir
 from unet_dist.storage import resolve
 from unet_dist.train import fit
-from unet_dist.train.evaluate import evaluate
-from unet_dist.train.inference import load_model
-from unet_dist.train.metrics import confusion_matrix
+from unet_dist.inference.evaluate import evaluate
+from unet_dist.inference.model import load_model
+from unet_dist.inference.metrics import confusion_matrix
 
 from datagen import write_csv, write_pairs
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from unet_dist.checkpoint import CheckpointError, load_checkpoint
 from unet_dist.config import Config, StorageConfig
 from unet_dist.errors import UserError
-from unet_dist.train.checkpoint import CheckpointError, load_checkpoint
 
 
 @dataclass
@@ -67,7 +67,7 @@ class LoadedModel:
     def predict(self, image: np.ndarray | str | os.PathLike[str]) -> torch.Tensor:
         """Class ids (``H x W`` int64) for one image array or image file."""
         from unet_dist.data.codec import decode_image
-        from unet_dist.train.metrics import predict_labels
+        from unet_dist.inference.metrics import predict_labels
 
         pixels = decode_image(image) if not isinstance(image, np.ndarray) else image
         return predict_labels(self.logits(self.preprocess(pixels).unsqueeze(0)))[0]

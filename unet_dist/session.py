@@ -1,4 +1,4 @@
-"""The Ray connection shared by train, evaluate and tune: connect, environment defaults, logging, GPU choice.
+"""The Ray connection shared by train, tune and ``predict --ray``: connect, environment defaults, logging, GPU choice.
 
 :func:`ray_session` attaches to ``resources.address`` / ``RAY_ADDRESS`` (``ray job submit`` sets it) or else starts
 a private local Ray, even when another Ray runs on the machine: a run never lands on a cluster nobody named. It keeps

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unet_dist.errors import ConfigError
-from unet_dist.train.losses import LOSSES, create_loss, list_losses, register_loss, remap_ignore
+from unet_dist.losses import LOSSES, create_loss, list_losses, register_loss, remap_ignore
 
 
 def _batch(num_classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

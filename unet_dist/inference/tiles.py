@@ -3,7 +3,7 @@
 Images larger than a tile are cut into overlapping tiles; each tile's class probabilities are weighted by a
 separable Hann window (flat towards the image border, so border pixels keep their full weight), accumulated and
 argmax'ed, so tile seams do not show. One tile without TTA is the model's own decision on the whole image,
-identical to :meth:`~unet_dist.train.inference.LoadedModel.predict` and to ``evaluate``.
+identical to :meth:`~unet_dist.inference.model.LoadedModel.predict` and to ``evaluate``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from unet_dist.errors import ConfigError
-from unet_dist.train.inference import LoadedModel
-from unet_dist.train.metrics import predict_labels
+from unet_dist.inference.metrics import predict_labels
+from unet_dist.inference.model import LoadedModel
 
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 """Test-time augmentation: identity, horizontal, vertical and both flips (dims of an ``N x C x H x W`` batch)."""

@@ -7,7 +7,7 @@ unlike an average of per-worker IoUs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -64,21 +64,24 @@ def scores(cm: torch.Tensor, class_names: list[str] | None = None) -> dict[str, 
     return out
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over the process group in place (a no-op outside ``torch.distributed``)."""
-    from unet_dist.train import collectives
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+"""Sums a tensor over the processes that share an epoch (in place): the DDP all-reduce in training."""
 
-    return collectives.all_reduce(t, "sum")
+
+def no_reduce(t: torch.Tensor) -> torch.Tensor:
+    """One process: the sums are already global."""
+    return t
 
 
 class EpochMeter:
     """Accumulates a confusion matrix, loss sum and pixel/image counts over one epoch on one worker.
 
-    :meth:`compute` all-reduces the integer matrix and the float64 sums, so every rank returns the
-    same, exact, global metrics.
+    :meth:`compute` sums the integer matrix and the float64 sums with ``reduce`` (the all-reduce under DDP), so every
+    rank returns the same, exact, global metrics.
     """
 
-    def __init__(self, num_classes: int, class_names: list[str] | None = None) -> None:
+    def __init__(self, num_classes: int, class_names: list[str] | None = None, reduce: Reduce = no_reduce) -> None:
+        self.reduce = reduce
         self.k = max(2, num_classes)
         self.class_names = class_names
         self.cm = torch.zeros(self.k, self.k, dtype=torch.int64)
@@ -94,8 +97,8 @@ class EpochMeter:
             self.sums[2] += n
 
     def compute(self) -> dict[str, Any]:
-        cm = all_reduce_sum(self.cm.clone())
-        sums = all_reduce_sum(self.sums.clone())
+        cm = self.reduce(self.cm.clone())
+        sums = self.reduce(self.sums.clone())
         out = scores(cm, self.class_names)
         out["loss"] = float(sums[0] / sums[2]) if sums[2] > 0 else float("nan")
         out["images"] = int(sums[1])

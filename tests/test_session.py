@@ -16,7 +16,7 @@ from tests.guard import kill_marked
 import yaml
 
 from unet_dist.config import load_config
-from unet_dist.train.session import decide_gpu, gpu_node_types
+from unet_dist.session import decide_gpu, gpu_node_types
 
 FAKE_CLUSTER = {
     "cluster_name": "unet-dist-fake",
@@ -90,7 +90,7 @@ def test_auto_chooses_cpu_on_a_cpu_only_cluster(ray_local) -> None:
 
 
 def test_no_address_means_a_local_ray_of_its_own(monkeypatch) -> None:
-    from unet_dist.train.session import LOCAL, resolve_address
+    from unet_dist.session import LOCAL, resolve_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert resolve_address(load_config(None, [])) == LOCAL
@@ -102,7 +102,7 @@ def test_no_address_means_a_local_ray_of_its_own(monkeypatch) -> None:
 def test_a_running_local_cluster_is_noticed_not_joined(tmp_path, monkeypatch) -> None:
     import socket
 
-    from unet_dist.train.session import running_local_cluster
+    from unet_dist.session import running_local_cluster
 
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     assert running_local_cluster() is None

@@ -1,4 +1,5 @@
-"""Metrics from all-reduced confusion matrices over a real 2-process gloo group equal single-process metrics."""
+"""Metrics from confusion matrices all-reduced over a real 2-process gloo group (the ``reduce`` the training loop
+gives :class:`EpochMeter`) equal single-process metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from unet_dist.train.metrics import EpochMeter
+from unet_dist.inference.metrics import EpochMeter
+from unet_dist.train.collectives import all_reduce_sum
 
 
 def _data(num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +29,7 @@ def _worker(rank: int, world: int, port: int, num_classes: int, out: str) -> Non
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         logits, target = _data(num_classes)
-        meter = EpochMeter(num_classes, None)
+        meter = EpochMeter(num_classes, None, all_reduce_sum)
         for i in range(rank, logits.shape[0], world):  # uneven shards: 3 and 2 images
             meter.update(logits[i : i + 1], target[i : i + 1], loss=float(i))
         result = meter.compute()
