@@ -10,7 +10,7 @@ import torch
 from unet_dist.config import Config
 from unet_dist.runs import MARKER_FILE, STATE_FILE, RunDir, checkpoint_dir_name
 from unet_dist.storage import resolve
-from unet_dist.train import checkpoint as ckpt
+from unet_dist import checkpoint as ckpt
 from unet_dist.train.optim import create_optimizer, create_scheduler
 
 

@@ -24,7 +24,7 @@ from unet_dist.inference.evaluate import evaluate
 from unet_dist.inference.model import load_model
 from unet_dist.inference.metrics import confusion_matrix
 
-from datagen import write_csv, write_pairs
+from tests.train.datagen import write_csv, write_pairs
 
 SIZES = [64, 72, 80, 64, 56, 72, 64, 88]
 VAL_SIZES = [48, 64, 80, 72]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from unet_dist.storage import resolve
-from unet_dist.train import checkpoint as ckpt
+from unet_dist import checkpoint as ckpt
 from unet_dist.train import fit
 from unet_dist.runs import EVENTS_FILE, METRICS_FILE, PROGRESS_FILE, RunDir
 

@@ -22,7 +22,7 @@ from unet_dist.config import Config
 from unet_dist.runs import (EVENTS_FILE, MARKER_FILE, METRICS_FILE, TENSORBOARD_DIR, MarkerError, RunDir, check_file_name,
                             parse_marker, progress_fields, scalar_metrics)
 from unet_dist.storage import Location
-from unet_dist.train import checkpoint as ckpt
+from unet_dist import checkpoint as ckpt
 
 
 class NullRecorder:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from unet_dist.config import Config
-from unet_dist.train import checkpoint as ckpt
+from unet_dist import checkpoint as ckpt
 from unet_dist.losses import create_loss
 from unet_dist.train.optim import create_optimizer, create_scheduler
 
