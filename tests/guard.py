@@ -128,15 +128,11 @@ def free_ports(n: int, avoid: frozenset[int] | set[int] = frozenset()) -> list[i
     """``n`` distinct free ports on 127.0.0.1, none in ``avoid``. All are held open until all are chosen: ports
     taken one at a time can repeat (the kernel hands a just-released port out again), and a Ray head refuses two
     components on one port."""
-    held: list[socket.socket] = []
+    held = [socket.socket() for _ in range(n + len(avoid))]  # open at once: distinct ports, n of them not avoided
     try:
-        while len(held) < n + len(avoid):
-            s = socket.socket()
+        for s in held:
             s.bind(("127.0.0.1", 0))
-            held.append(s)
-            if len({h.getsockname()[1] for h in held} - set(avoid)) >= n:
-                break
-        return sorted({h.getsockname()[1] for h in held} - set(avoid))[:n]
+        return sorted({s.getsockname()[1] for s in held} - set(avoid))[:n]
     finally:
         for s in held:
             s.close()

@@ -29,7 +29,8 @@ def validate(model: torch.nn.Module, batches: Any, loss_fn: torch.nn.Module, cfg
     ``per_image``, appends ``(id, confusion matrix)`` for each image (ids from a batch's ``"id"``, if it has one).
 
     ``loss`` is exact and the same whatever the batch size and worker count: ``loss_fn`` on each image alone, weighted
-    by its valid pixels (target >= 0: padding and ignored pixels are not), summed in float64 and all-reduced.
+    by its valid pixels (target >= 0: padding and ignored pixels are not), summed in float64 and passed through
+    ``reduce``.
     """
     model.eval()
     meter = EpochMeter(cfg.model.num_classes, class_names, reduce)
