@@ -122,12 +122,12 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from unet_dist.train import fit
-
-    cfg = _load(args, _train_overrides(args))
+    cfg = _load(args, _train_overrides(args))  # before torch is imported: a config error answers in a fraction of a second
     if not cfg.data.dataset:
         raise UserError("data.dataset is empty: pass --data URI of an ingested dataset (see `unet-dist ingest`), "
                         "or run `unet-dist demo` for the synthetic demo")
+    from unet_dist.train import fit
+
     summary = fit(cfg, progress=not args.json, verbose=args.verbose)
     _print_summary(summary, args.json)
     return 0
@@ -183,10 +183,10 @@ def print_per_image(rows: list[dict[str, Any]], limit: int, binary: bool) -> Non
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from unet_dist.tune import run_campaign
-
     cfg = _load(args, _flag_overrides(args, {"data": "data.dataset", "storage": "storage.uri", "address": "resources.address",
                                              "name": "tune.name"}))
+    from unet_dist.tune import run_campaign
+
     summary = run_campaign(cfg, resume=args.resume, progress=not args.json, verbose=args.verbose)
     print_campaign(summary, cfg, args.json)
     return 0

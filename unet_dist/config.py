@@ -110,7 +110,7 @@ class DataConfig(_Section):
             raise ValueError(f"data.num_crops_per_image must be >= 1 or auto, got {v}")
         return v
 
-    materialize: bool = Field(True, description="Read the dataset into the object store before training; needed when workers hold every CPU (else read tasks starve).")
+    materialize: bool = Field(True, description="Read the dataset into the object store before training (splits under 64 MiB by the driver, larger ones by Ray Data tasks); needed when workers hold every CPU (else read tasks starve).")
 
 
 REPORTED_METRICS = (

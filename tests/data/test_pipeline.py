@@ -34,6 +34,18 @@ def _cfg(dataset: str, **kw) -> DataConfig:
     return DataConfig(dataset=dataset, crop_size=kw.pop("crop_size", 48), batch_size=4, **kw)
 
 
+def test_small_splits_read_by_the_driver_equal_ray_datas_read(datasets, dataset, monkeypatch):
+    """A split under DRIVER_READ_MAX_BYTES skips Ray Data's read tasks; the rows and blocks are what the read makes."""
+    from unet_dist.data import pipeline
+
+    monkeypatch.setattr(pipeline, "DRIVER_READ_MAX_BYTES", 0)
+    read = build_datasets(_cfg(dataset), None, 1, read_manifest(dataset))
+    for split in ("train", "val"):
+        assert datasets[split].num_blocks() == read[split].num_blocks() == len(read_manifest(dataset)["splits"][split]["files"])
+        assert datasets[split].take_all() == read[split].take_all()
+        assert "ReadFiles" in read[split].stats() and "ReadFiles" not in datasets[split].stats()
+
+
 def test_train_batches_seeded_per_epoch(datasets, dataset):
     cfg = _cfg(dataset)
     spec = pipeline_spec(cfg, None, 3, read_manifest(dataset))
