@@ -27,6 +27,8 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # Every Ray the suite uses is its own: nothing inherits an address of a cluster the tests did not start (a test that
 # wants one sets it), and every process a test starts, orphans included, is ended when the session ends.
 os.environ.pop("RAY_ADDRESS", None)
+SESSION_START = time.time()
+"""When the suite began: files written since then are the suite's (tests/tune/test_secrets.py scans them)."""
 session_mark()
 become_subreaper()
 
@@ -184,28 +186,28 @@ def own_ray_tmpdir() -> str:
 
 
 @pytest.fixture
-def ray_local(ray_tmpdir):
+def ray_local(ray_tmpdir, s3_server):
     """A local 2-CPU Ray shared by tests: started on first use, and again after a test that needed its own
     cluster (those shut it down). Stopped with ray.shutdown() at the end of the session, never `ray stop`."""
     import ray
 
     if not ray.is_initialized():
-        start_ray(ray_tmpdir)
+        start_ray(ray_tmpdir, s3_server)
     return ray
 
 
-def start_ray(ray_tmpdir: Path) -> None:
+def start_ray(ray_tmpdir: Path, s3_server: dict) -> None:
     """The suite's shared local Ray: 2 CPUs, our temp dir, started as unet-dist starts its own (every process of
-    it knows its address, so Ray's helpers never look for another Ray on the machine)."""
+    it knows its address, so Ray's helpers never look for another Ray on the machine).
+
+    Its processes get the S3 test server's endpoint and keys the way ``ray_session`` gives them (workers never receive
+    keys inside a config), whichever test starts it: a Ray started before the server would send S3 calls to AWS."""
     from unet_dist.session import init_local
 
-    init_local(num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False, runtime_env=RAY_RUNTIME_ENV)
-
-
-RAY_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "AWS_ACCESS_KEY_ID": S3_KEY,
-                                "AWS_SECRET_ACCESS_KEY": S3_SECRET}}
-"""The shared Ray's job runtime_env: its processes get the S3 test server's keys the way ``ray_session`` gives them
-(workers never receive keys inside a config), whether or not :func:`s3_server` had set the environment when it started."""
+    env_vars = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "AWS_ACCESS_KEY_ID": s3_server["key"],
+                "AWS_SECRET_ACCESS_KEY": s3_server["secret"], "AWS_ENDPOINT_URL": s3_server["endpoint_url"],
+                "AWS_DEFAULT_REGION": "us-east-1"}
+    init_local(num_cpus=2, _temp_dir=str(ray_tmpdir), configure_logging=False, runtime_env={"env_vars": env_vars})
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -281,7 +283,7 @@ def shared_campaign(isbi_small_dir: Path, s3_server: dict, ray_tmpdir: Path, tmp
     from unet_dist.tune import run_campaign
 
     if not ray.is_initialized():
-        start_ray(ray_tmpdir)
+        start_ray(ray_tmpdir, s3_server)
     root = f"s3://{s3_server['bucket']}/collect-tree"
     dataset = f"{root}-data"
     ingest(str(isbi_small_dir), dataset, IngestConfig(split=(0.5, 0.25, 0.25), seed=0), progress=False)

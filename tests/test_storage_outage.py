@@ -45,16 +45,16 @@ def test_calls_ride_out_a_short_outage(weed: Weed, tmp_path: Path) -> None:
     (loc / "a.txt").write_text("before")
     weed.stop()
     t0 = time.monotonic()
-    restart = _restart_after(weed, 5)
+    restart = _restart_after(weed, 2)
     assert (loc / "a.txt").read_text() == "before"
-    assert time.monotonic() - t0 >= 5
+    assert time.monotonic() - t0 >= 2
     restart.join()
 
     src = tmp_path / "ckpt"
     src.mkdir()
     (src / "state.pt").write_bytes(b"x" * 300_000)
     weed.stop()
-    restart = _restart_after(weed, 5)
+    restart = _restart_after(weed, 2)
     pafs.copy_files(str(src), f"{loc.path}/ckpt", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=loc.arrow)
     restart.join()
     assert (loc / "ckpt" / "state.pt").read_bytes() == b"x" * 300_000

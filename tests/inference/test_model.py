@@ -31,7 +31,7 @@ VAL_SIZES = [48, 64, 80, 72]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, ray_tmpdir):
+def trained(tmp_path_factory, ray_tmpdir, s3_server):
     """Dataset A (train + val) and dataset B (brightened train, the same val files), and a checkpoint trained on A."""
     import ray
 
@@ -55,7 +55,7 @@ def trained(tmp_path_factory, ray_tmpdir):
     if not ray.is_initialized():
         from tests.conftest import start_ray
 
-        start_ray(ray_tmpdir)
+        start_ray(ray_tmpdir, s3_server)
     summary = fit(cfg, progress=False)
     return root, summary.best_checkpoint
 
@@ -91,6 +91,7 @@ def test_evaluate_normalises_with_the_training_statistics(trained) -> None:
     assert on_a["confusion_matrix"] == on_b["confusion_matrix"] and on_a["iou"] == on_b["iou"]
 
 
+@pytest.mark.slow  # ~35 s; workers with keys only in the config: tests/tune/test_secrets.py, S3 weights: tests/models
 @pytest.mark.ray
 @pytest.mark.s3
 def test_encoder_weights_from_s3_with_credentials_in_the_config_only(trained, s3_server, s3_uri, tmp_path,

@@ -11,9 +11,9 @@ import pytest
 
 
 
-@pytest.fixture
-def three_node_cluster(ray_tmpdir):
-    """A CPU-less head plus two 1-CPU worker nodes, like a head node with two workers on a real cluster."""
+@pytest.fixture(scope="module")
+def _cluster(ray_tmpdir):
+    """One multi-node cluster for the module (starting one costs ~8 s): a CPU-less head, like a real head node."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -21,14 +21,22 @@ def three_node_cluster(ray_tmpdir):
         ray.shutdown()
     (ray_tmpdir / "ray").mkdir(exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": str(ray_tmpdir)})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     try:
-        yield cluster, {n.node_id for n in nodes}
+        yield cluster
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture
+def three_node_cluster(_cluster):
+    """The head plus two live 1-CPU worker nodes (a test that removed one gets it replaced): ``(cluster, node ids)``."""
+    workers = list(_cluster.worker_nodes)
+    while len(workers) < 2:
+        workers.append(_cluster.add_node(num_cpus=1))
+    _cluster.wait_for_nodes()
+    return _cluster, {n.node_id for n in workers}
 
 
 @pytest.mark.ray

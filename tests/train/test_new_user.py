@@ -80,6 +80,7 @@ def test_a_train_split_too_small_for_the_workers_is_refused(small_config, ray_lo
 MICROSCOPY_MIN_IOU = 0.7  # foreground IoU after 6 epochs on 24 generated 64-px images; all-foreground scores ~0.2
 
 
+@pytest.mark.slow  # ~20 s, a quality bar; their ingest and scaling: tests/data/test_intensity.py (default suite)
 @pytest.mark.ray
 def test_microscopy_images_ingest_and_train(small_config, ray_local, tmp_path) -> None:
     """12-bit data in 16-bit PNGs and float32 TIFF exports, in one set, reach the model with their real contrast."""

@@ -1,6 +1,6 @@
 """No S3 credential in any byte unet-dist or Ray writes to storage or local disk (Ray's own session folder aside):
-a real tiny campaign on the S3 test server, once with the keys only in the environment and once only in the config,
-plus a single ``fit`` with the keys in the config. Every object under the test's prefix and every file under the
+the session's shared campaign and run on the S3 test server (keys only in the environment, tests/conftest.py), and a
+tiny campaign plus a single ``fit`` with the keys only in the config. Every object under the test's prefix and every file under the
 test's local folders is read back and searched, raw and as the hex/base64 Tune uses for pickles inside JSON."""
 
 from __future__ import annotations
@@ -101,24 +101,20 @@ def _ray_results() -> list[Path]:
 
 @pytest.mark.ray
 @pytest.mark.s3
-def test_no_credential_in_any_written_byte(s3_server, s3_uri, ray_local, ray_tmpdir, synthetic_dataset, tmp_path,
+def test_no_credential_in_any_written_byte(s3_server, s3_uri, shared_campaign, ray_tmpdir, synthetic_dataset, tmp_path,
                                            monkeypatch) -> None:
     import ray
 
+    from tests.conftest import SESSION_START
     from unet_dist.train import fit
     from unet_dist.session import ray_session
     from unet_dist.tune import run_campaign
 
-    since = time.time() - 1
     monkeypatch.chdir(tmp_path)
     t0 = time.time()
 
-    # 1. keys only in the environment (the shared local Ray)
-    env_cfg = _campaign_cfg(synthetic_dataset, s3_uri, "envkeys")
-    assert env_cfg.storage.access_key_id is None and os.environ["AWS_SECRET_ACCESS_KEY"] == S3_SECRET
-    summary = run_campaign(env_cfg, progress=False)
-    assert summary.status == "finished" and summary.counts == {"finished": 1}, summary.counts
-    t1 = time.time()
+    # 1. keys only in the environment: the shared campaign and run, on the suite's shared local Ray
+    assert shared_campaign["cfg"].storage.access_key_id is None and os.environ["AWS_SECRET_ACCESS_KEY"] == S3_SECRET
 
     # 2. keys only in the config: a Ray this session starts, whose processes never had them in their environment
     ray.shutdown()
@@ -133,23 +129,24 @@ def test_no_credential_in_any_written_byte(s3_server, s3_uri, ray_local, ray_tmp
         assert summary.status == "finished" and summary.counts == {"finished": 1}, summary.counts
         run = fit(fit_cfg, progress=False)
         assert run.epochs == 1 and run.best_checkpoint
-    t2 = time.time()
+    t1 = time.time()
     for name, value in (("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET)):
         monkeypatch.setenv(name, value)
 
-    # everything written: the S3 prefix (records, metrics, events, TensorBoard, checkpoints, Tune's state) ...
-    root = resolve(s3_uri)
-    for name in ("envkeys", "cfgkeys"):
-        campaign = CampaignDir(root / name)
+    # everything written: the S3 prefixes (records, metrics, events, TensorBoard, checkpoints, Tune's state) ...
+    root, shared = resolve(s3_uri), resolve(shared_campaign["s3"])
+    for campaign in (CampaignDir(root / "cfgkeys"), CampaignDir(shared / shared_campaign["campaign"])):
         assert campaign.read_record()["status"] == "finished"
         assert (campaign.loc / "tune" / "tuner.pkl").exists()
         assert all(run.checkpoints() for run in campaign.trials().values())
-    assert RunDir(root / "fitkeys").read_record()["status"] == "finished"
-    n_objects, s3_leaks = _scan_s3(s3_server, s3_uri.removeprefix("s3://"))
-    # ... and local disk: the test's folders, Ray's temp root outside its session folders, ~/ray_results
+    for run in (RunDir(root / "fitkeys"), RunDir(shared / shared_campaign["run"])):
+        assert run.read_record()["status"] == "finished"
+    scans = [_scan_s3(s3_server, uri.removeprefix("s3://")) for uri in (s3_uri, shared_campaign["s3"])]
+    n_objects, s3_leaks = sum(n for n, _ in scans), {k: v for _, leaks in scans for k, v in leaks.items()}
+    # ... and local disk since the session began: this test's folder, Ray's temp root outside its session folders,
+    # ~/ray_results
     sessions = [p.resolve() for p in (*ray_tmpdir.glob("session_*"), *ray_tmpdir.glob("ray/session_*"))]
-    n_files, local_leaks = _scan_local([tmp_path, ray_tmpdir, *_ray_results()], since, sessions)
-    print(f"envkeys campaign {t1 - t0:.1f} s, cfgkeys campaign + fit {t2 - t1:.1f} s; scanned {n_objects} objects, "
-          f"{n_files} local files", file=sys.stderr)
-    assert n_objects > 30
+    n_files, local_leaks = _scan_local([tmp_path, ray_tmpdir, *_ray_results()], SESSION_START, sessions)
+    print(f"cfgkeys campaign + fit {t1 - t0:.1f} s; scanned {n_objects} objects, {n_files} local files", file=sys.stderr)
+    assert n_objects > 60
     assert not s3_leaks and not local_leaks, "\n".join(f"{path}: {found}" for path, found in {**s3_leaks, **local_leaks}.items())
