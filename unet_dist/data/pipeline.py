@@ -16,7 +16,8 @@ the CPU contention above. Every crop draws its parameters from a generator seede
 ``(epoch_seed, image id, crop index)``: augmentation differs per epoch and is reproducible whichever worker
 receives the image.
 
-Pass ``dataset_config()`` to ``TorchTrainer`` so "train" is split across workers and "val" is not: each
+Pass ``dataset_config()`` to ``TorchTrainer`` so "train" is split across workers (a small materialised train split
+is not: :func:`needs_split`) and "val" is not: each
 worker then serves the validation images whose id hashes to its rank, whole, so validation covers each real pixel
 exactly once (padding is marked ignore, ``-1``). Each validation image is padded only to its own size rounded up
 to ``pad_multiple`` and batched with images of the same padded shape, so its predictions never depend on which
@@ -68,6 +69,7 @@ class PipelineSpec:
     pad_multiple: int = 1
     scale: tuple[tuple[str, float, float], ...] = ()
     intensity: str = "dtype"
+    train_rows: int | None = None  # rows in the train split: each worker's equal share when "train" is not split
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -147,11 +149,22 @@ def _materialized(paths: list[str], fs: Any) -> "ray.data.Dataset":
     return ray.data.from_arrow([pq.read_table(path, filesystem=fs, columns=COLUMNS) for path in paths])
 
 
-def dataset_config() -> Any:
-    """The ``ray.train.DataConfig`` these iterators expect: split "train" across workers, give each worker all of "val"."""
+def dataset_config(split_train: bool = True) -> Any:
+    """The ``ray.train.DataConfig`` these iterators expect: "val" is never split (each worker keeps its images,
+    :func:`iter_val_batches`); "train" is split across workers by Ray Data's streaming split unless ``split_train`` is
+    False, when every worker streams all of it and keeps an equal share (:func:`iter_train_batches`)."""
     import ray.train
 
-    return ray.train.DataConfig(datasets_to_split=["train"])
+    return ray.train.DataConfig(datasets_to_split=["train"] if split_train else [])
+
+
+def needs_split(ds: "ray.data.Dataset") -> bool:
+    """Whether "train" goes through Ray Data's streaming split: unless it is materialised and at most
+    :data:`DRIVER_READ_MAX_BYTES`, small enough for every worker to stream all of it, which saves the split's start-up
+    (~2 s each run and each trial on 2 cores)."""
+    from ray.data.dataset import MaterializedDataset
+
+    return not (isinstance(ds, MaterializedDataset) and ds.size_bytes() <= DRIVER_READ_MAX_BYTES)
 
 
 def decode_row(image: bytes, mask: bytes, spec: PipelineSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,24 +213,47 @@ def augment(image: torch.Tensor, mask: torch.Tensor, spec: PipelineSpec, g: torc
     return img.as_subclass(torch.Tensor).contiguous(), msk.as_subclass(torch.Tensor).contiguous()
 
 
-def iter_train_batches(shard: Any, batch_size: int, epoch_seed: int, spec: PipelineSpec) -> Iterator[dict[str, torch.Tensor]]:
-    """Augmented ``{"image": N x C x S x S float32, "mask": N x S x S int64}`` crops from a worker's shard for one epoch."""
+def iter_train_batches(shard: Any, batch_size: int, epoch_seed: int, spec: PipelineSpec, rank: int = 0,
+                       world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+    """Augmented ``{"image": N x C x S x S float32, "mask": N x S x S int64}`` crops from a worker's shard for one epoch.
+
+    A shard that is the whole train split (``dataset_config(split_train=False)``) is shuffled the same way on every
+    worker (the same seed), and rank ``r`` keeps positions ``r, r + world_size, ...``: disjoint, equal shares of
+    ``spec.train_rows // world_size`` rows, as Ray Data's equal split gives."""
     images: list[torch.Tensor] = []
     masks: list[torch.Tensor] = []
-    for rows in shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=spec.shuffle_buffer,
-                                   local_shuffle_seed=epoch_seed):
-        for image_id, image, mask in zip(rows["id"], rows["image"], rows["mask"]):
-            x, y = decode_row(image, mask, spec)
-            for k in range(spec.num_crops_per_image):
-                g = torch.Generator().manual_seed(crop_seed(epoch_seed, str(image_id), k))
-                xa, ya = augment(x, y, spec, g)
-                images.append(xa)
-                masks.append(ya)
-                if len(images) == batch_size:
-                    yield {"image": torch.stack(images), "mask": torch.stack(masks)}
-                    images, masks = [], []
+    for image_id, image, mask in _my_rows(shard, batch_size, epoch_seed, spec, rank, world_size):
+        x, y = decode_row(image, mask, spec)
+        for k in range(spec.num_crops_per_image):
+            g = torch.Generator().manual_seed(crop_seed(epoch_seed, str(image_id), k))
+            xa, ya = augment(x, y, spec, g)
+            images.append(xa)
+            masks.append(ya)
+            if len(images) == batch_size:
+                yield {"image": torch.stack(images), "mask": torch.stack(masks)}
+                images, masks = [], []
     if images:
         yield {"image": torch.stack(images), "mask": torch.stack(masks)}
+
+
+def _my_rows(shard: Any, batch_size: int, epoch_seed: int, spec: PipelineSpec, rank: int,
+             world_size: int) -> Iterator[tuple[Any, Any, Any]]:
+    """``(id, image, mask)`` of this worker's train rows, in the epoch's shuffled order."""
+    whole = world_size > 1 and not _is_split(shard)
+    if whole and spec.train_rows is None:
+        raise ValueError("an unsplit train shard needs spec.train_rows to give every worker an equal share")
+    end = (spec.train_rows // world_size) * world_size if whole else None
+    position = 0
+    for rows in shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=spec.shuffle_buffer,
+                                   local_shuffle_seed=epoch_seed):
+        for row in zip(rows["id"], rows["image"], rows["mask"]):
+            if not whole:
+                yield row
+            elif position >= end:
+                return
+            elif position % world_size == rank:
+                yield row
+            position += 1
 
 
 def _is_split(shard: Any) -> bool:

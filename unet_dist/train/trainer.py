@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -125,8 +125,9 @@ def prepare_data(cfg: Config, manifest: dict[str, Any], datasets: dict[str, Any]
     from unet_dist.data.pipeline import build_datasets, pipeline_spec
 
     datasets = datasets or build_datasets(cfg.data, cfg.storage, cfg.model.in_channels, manifest)
-    spec = pipeline_spec(cfg.data, cfg.storage, cfg.model.in_channels, manifest, pad_multiple=2 ** cfg.model.depth)
     rows = datasets["train"].count()
+    spec = replace(pipeline_spec(cfg.data, cfg.storage, cfg.model.in_channels, manifest, pad_multiple=2 ** cfg.model.depth),
+                   train_rows=rows)
     nw = cfg.resources.num_workers
     most = nw[1] if isinstance(nw, tuple) else nw
     if rows < most:
@@ -198,7 +199,7 @@ def build_trainer(cfg: Config, run: Location, *, callbacks: Sequence[Any] = (), 
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from unet_dist.data.pipeline import dataset_config
+    from unet_dist.data.pipeline import dataset_config, needs_split
 
     data = datasets or prepare_data(cfg, check_dataset(cfg))
     gpu = gpu or decide_gpu(cfg)
@@ -222,7 +223,7 @@ def build_trainer(cfg: Config, run: Location, *, callbacks: Sequence[Any] = (), 
                                                checkpoint_score_order=cfg.train.monitor_mode),
         ),
         datasets=data.datasets,
-        dataset_config=dataset_config(),
+        dataset_config=dataset_config(needs_split(data.datasets["train"])),
     )
 
 
