@@ -22,8 +22,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 # Ray Train's controller polls workers this often; report() waits for the poll, so 2 s (the default) per epoch
-# dominates the tiny epochs of tests.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# dominates the tiny epochs of tests (0.2 s against 0.5 s: ~1.2 s less per 2-epoch run).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # Every Ray the suite uses is its own: nothing inherits an address of a cluster the tests did not start (a test that
 # wants one sets it), and every process a test starts, orphans included, is ended when the session ends.
 os.environ.pop("RAY_ADDRESS", None)
