@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/quality.py
 	$(PY) bench/asha.py
 	$(PY) bench/collect.py
+	$(PY) bench/startup.py
 
 # On a machine with one CUDA GPU: throughput, the NCCL backend path, packed fractional trials, predict --ray
 # (under 8 minutes; bench/results/gpu.json). Without a GPU it says so in one line and exits 0.

@@ -263,8 +263,8 @@ def train_epoch(w: Worker, cfg: Config, state: TrainState, shard: Any, spec: Any
         elif tcfg.scheduler_interval == "step":
             state.scheduler.step()
 
-    batches = SyncedBatches(iter(iter_train_batches(shard, cfg.data.batch_size, epoch_seed(tcfg.seed, epoch), spec, w.rank, w.world)),
-                            w.distributed, (lambda: used() >= budget) if budget is not None else (lambda: False))
+    crops = iter_train_batches(shard, cfg.data.batch_size, epoch_seed(tcfg.seed, epoch), spec, w.rank, w.world)
+    batches = SyncedBatches(iter(crops), w.distributed, (lambda: used() >= budget) if budget is not None else (lambda: False))
     if budget is not None:
         seek_fraction(state.scheduler, used() / budget, tcfg)
     for step, batch in enumerate(batches):
