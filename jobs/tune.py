@@ -34,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         check_job_paths(run_paths(cfg))
         from unet_dist.runs import CampaignDir  # after the config: a config error needs neither torch nor Ray
         from unet_dist.storage import resolve
+        from unet_dist.train.trainer import preflight
         from unet_dist.tune import run_campaign
 
         resume = args.resume or (args.resume_if_exists and CampaignDir(resolve(cfg.storage.uri, cfg.storage) / cfg.tune.name).exists())
+        preflight(cfg)  # a missing dataset or unloadable weights answer before the job attaches to Ray
         with attached(cfg):
             return run_campaign(cfg, resume=resume, progress=not args.no_progress).to_json()
 

@@ -161,6 +161,11 @@ def _join_uri(uri: str, rel: str) -> str:
 S3_CONNECTIONS = 64
 """Concurrent connections per S3 client (botocore's default is 10): many small GETs (the collector) are latency-bound."""
 
+S3_ATTEMPTS = 2
+"""Attempts botocore makes per request: its default (5, with backoff) spends 6-10 s on one refused connection, so
+``storage.retry_s=3`` waited 13 s. :func:`retrying` owns the outage policy (s3fs still retries a connection dropped
+inside a read of an open file, which :func:`retrying` does not wrap)."""
+
 _ENV_FALLBACK: dict[str, tuple[str, ...]] = {
     "access_key_id": ("AWS_ACCESS_KEY_ID",),
     "secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
@@ -189,7 +194,8 @@ def s3_options(storage: StorageConfig | None = None) -> dict[str, Any]:
     if endpoint:
         opts["endpoint_url"] = endpoint
     region = _setting(storage, "region")
-    opts["config_kwargs"] = {"max_pool_connections": S3_CONNECTIONS, **({"region_name": region} if region else {})}
+    opts["config_kwargs"] = {"max_pool_connections": S3_CONNECTIONS, "retries": {"total_max_attempts": S3_ATTEMPTS},
+                             **({"region_name": region} if region else {})}
     opts["skip_instance_cache"] = True
     return opts
 

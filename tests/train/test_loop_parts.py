@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,12 +54,17 @@ def test_summary_json_round_trip() -> None:
 
 
 def test_job_entrypoint_user_error_is_one_line_exit_2(tmp_path) -> None:
+    """A dataset error answers before the job attaches to Ray (no Ray started: its temp dir stays unmade)."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train:\n  epochs: 1\n")
-    proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(cfg), "--set", f"storage.uri={tmp_path}"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "data.dataset" in proc.stderr
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
+    for dataset in ("", str(tmp_path / "nowhere")):
+        proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(cfg), "--set",
+                               f"storage.uri={tmp_path}", "--set", f"data.dataset={dataset}"],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().count("\n") == 0 and ("data.dataset" if not dataset else dataset) in proc.stderr
+    assert not (tmp_path / "ray").exists(), "the job started Ray before checking its dataset"
     proc = subprocess.run([sys.executable, str(REPO / "jobs/train.py"), "--config", str(tmp_path / "missing.yaml")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not found" in proc.stderr
