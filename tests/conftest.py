@@ -45,6 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 ISBI = SHARED_DATA / "isbi2012-membrane"
 
+RAY_NOISE = ("Reporting training result", "Execution plan", "Starting execution of Dataset", "SplitCoordinator",
+             "core_worker", "RayDeprecationWarning", "PreemptionWatcher", "(RayTrainWorker", "(TrainController")
+"""Ray's chatter, which stays in Ray's log files: never in a terminal of a command run with --json."""
+
 S3_KEY = "unetdist-test-key"
 S3_SECRET = "unetdist-test-secret-0123456789"
 

@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 import yaml
 
+from tests.conftest import RAY_NOISE
 from tests.guard import free_ports, kill_marked, marked_pids
 from unet_dist.runs import CampaignDir, RunDir
 from unet_dist.storage import resolve
@@ -90,7 +91,7 @@ def test_a_stray_ray_head_changes_nothing(stray_head, synthetic_dataset, tmp_pat
     train_s = time.monotonic() - start
     assert train.returncode == 0, train.stderr[-3000:]
     assert RunDir(resolve(tmp_path / "runs" / "h")).read_record()["status"] == "finished"
-    assert "stray" not in train.stderr and json.loads(train.stdout.strip().splitlines()[-1])
+    assert "stray" not in train.stderr and json.loads(train.stdout)  # --json: one JSON line, nothing else on stdout
 
     config = tmp_path / "campaign.yaml"
     config.write_text(yaml.safe_dump({
@@ -108,6 +109,9 @@ def test_a_stray_ray_head_changes_nothing(stray_head, synthetic_dataset, tmp_pat
     assert tune.returncode == 0, tune.stderr[-3000:]
     trials = CampaignDir(resolve(tmp_path / "camps" / "h")).trials()
     assert len(trials) == 2 and all(run.read_record()["status"] == "finished" for run in trials.values())
+    assert json.loads(tune.stdout)["status"] == "finished"
+    noise = [line for out in (train.stderr, tune.stderr) for line in out.splitlines() if any(s in line for s in RAY_NOISE)]
+    assert not noise, noise  # with --json, Ray's chatter stays in Ray's log files
 
     # Usual times on the 2-core machine: ~20 s and ~45 s; a worker-group timeout alone would be 120 s a trial.
     print(f"train {train_s:.1f} s, campaign {tune_s:.1f} s")

@@ -39,21 +39,6 @@ def three_node_cluster(_cluster):
     return _cluster, {n.node_id for n in workers}
 
 
-@pytest.mark.ray
-def test_two_workers_spread_over_two_nodes(small_config, three_node_cluster, synthetic_dataset, tmp_path):
-    from unet_dist.train import fit
-
-    _, worker_nodes = three_node_cluster
-    cfg = small_config(synthetic_dataset, str(tmp_path / "runs"), "train.epochs=2", "data.crop_size=64",
-                       "resources.placement_strategy=SPREAD")
-    summary = fit(cfg, progress=False)
-    assert summary.epochs == 2 and summary.best_checkpoint
-    events = [json.loads(line) for line in (Path(summary.run_dir) / "events.jsonl").read_text().splitlines()]
-    start = next(e for e in events if e["event"] == "start")
-    assert start["world_size"] == 2
-    assert set(start["nodes"]) == worker_nodes, "SPREAD should place one worker on each worker node"
-
-
 def _remove_node_after_first_epoch(cluster, node, run_root: Path) -> threading.Thread:
     """Remove ``node`` once any run under ``run_root`` has finished an epoch (a preempted machine)."""
 
@@ -71,10 +56,13 @@ def _remove_node_after_first_epoch(cluster, node, run_root: Path) -> threading.T
 
 
 @pytest.mark.ray
-def test_lost_node_ends_in_clear_error_not_endless_retries(small_config, three_node_cluster, synthetic_dataset, tmp_path):
+def test_workers_spread_over_nodes_and_a_lost_node_ends_in_clear_error(small_config, three_node_cluster,
+                                                                      synthetic_dataset, tmp_path):
+    """SPREAD puts one worker on each worker node and an epoch completes across them (DDP over two nodes); then one
+    node goes, as a preempted machine does (possibly mid-checkpoint), and the run ends in one clear line."""
     from unet_dist.train import TrainingFailed, fit
 
-    cluster, _ = three_node_cluster
+    cluster, worker_nodes = three_node_cluster
     runs = tmp_path / "runs"
     cfg = small_config(synthetic_dataset, str(runs), "train.epochs=200", "data.crop_size=64",
                        "resources.placement_strategy=SPREAD", "resources.cpus_per_worker=1",
@@ -89,6 +77,9 @@ def test_lost_node_ends_in_clear_error_not_endless_retries(small_config, three_n
     message = str(err.value)
     assert "lost-node" in message and "train.name=lost-node" in message and "\n" not in message
     assert (runs / "lost-node" / "metrics.jsonl").read_text().strip(), "completed epochs stay on storage"
+    events = [json.loads(line) for line in (runs / "lost-node" / "events.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["event"] == "start")
+    assert start["world_size"] == 2 and set(start["nodes"]) == worker_nodes, "SPREAD: one worker on each worker node"
 
 
 @pytest.mark.ray

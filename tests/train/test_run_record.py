@@ -22,8 +22,6 @@ from unet_dist.storage import resolve
 from unet_dist.train import TrainingFailed, fit
 from unet_dist.train.loop import FAULT_ENV
 
-RAY_NOISE = ("Reporting training result", "Execution plan", "Starting execution of Dataset", "SplitCoordinator",
-             "core_worker", "RayDeprecationWarning", "PreemptionWatcher", "(RayTrainWorker", "(TrainController")
 COMMON = ("data.crop_size=64", "resources.num_workers=1", "train.warmup_epochs=0")
 
 
@@ -47,15 +45,15 @@ def test_a_user_error_on_a_worker_fails_once_and_its_record_names_it(small_confi
 
 
 @pytest.mark.ray
-def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, own_ray_tmpdir) -> None:
+def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, own_ray_tmpdir, ray_local) -> None:
     EPOCHS = 8  # enough that the interrupt lands mid-run, even when an epoch takes a fraction of a second
     mark = uuid.uuid4().hex  # in the environment of the CLI and of every Ray process it starts
     env = {**os.environ, "UNET_DIST_TEST_MARK": mark, "RAY_TMPDIR": own_ray_tmpdir, "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
+    sets = (*COMMON, "model.base_filters=8", "model.depth=3", "resources.cpus_per_worker=0.5", "resources.torch_threads=1",
+            "resources.use_gpu=false")
     cmd = [sys.executable, "-m", "unet_dist", "train", "--data", synthetic_dataset, "--storage", str(tmp_path / "runs"),
-           "--name", "r", "--epochs", str(EPOCHS), "--json", "--workers", "1",
-           *[a for kv in (*COMMON, "model.base_filters=8", "model.depth=3", "resources.cpus_per_worker=0.5",
-                          "resources.torch_threads=1", "resources.use_gpu=false") for a in ("--set", kv)]]
+           "--name", "r", "--epochs", str(EPOCHS), "--json", "--workers", "1", *[a for kv in sets for a in ("--set", kv)]]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = RunDir(resolve(tmp_path / "runs" / "r"))
     deadline = time.time() + 240
@@ -73,12 +71,12 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, o
     record = run.read_record()
     assert record["status"] == "stopped" and 1 <= record["epochs"] < EPOCHS
 
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-2000:]
-    noise = [line for line in done.stderr.splitlines()
-             if any(s in line for s in RAY_NOISE)]
-    assert not noise, noise  # --json: Ray's chatter stays in Ray's log files
-    assert done.stdout.strip().count("\n") == 0  # one JSON line on stdout
+    # the same command again resumes: here through fit() on the suite's Ray (a second CLI start-up adds ~12 s; the
+    # CLI's own output with --json is checked in tests/test_hermetic.py)
+    from unet_dist.config import load_config
+
+    fit(load_config(None, [f"data.dataset={synthetic_dataset}", f"storage.uri={tmp_path / 'runs'}", "train.name=r",
+                           f"train.epochs={EPOCHS}", "resources.num_workers=1", *sets]), progress=False)
     record = run.read_record()
     assert record["status"] == "finished" and record["epochs"] == EPOCHS and record["resumed_at"]
     assert [r["epoch"] for r in run.metrics()] == list(range(EPOCHS))
