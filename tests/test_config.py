@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args, get_origin
 
 import pytest
 import yaml
 
-from unet_dist.config import Config, ModelConfig, load_config, parse_overrides, validate_section
+from unet_dist import catalog
+from unet_dist.config import Config, ModelConfig, config_reference, load_config, parse_overrides, validate_section
 from unet_dist.errors import ConfigError
 from unet_dist.models.blocks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, POOLING, UNPOOLING
 from unet_dist.models.registry import BACKBONES
 from unet_dist.registry import Registry
 from unet_dist.losses import LOSSES
 from unet_dist.train.optim import OPTIMIZERS, SCHEDULERS
+from unet_dist.tune.schedulers import SCHEDULERS as TUNE_SCHEDULERS, SEARCHERS
 
-REGISTRIES = [BACKBONES, POOLING, UNPOOLING, ACTIVATIONS, OUTPUT_ACTIVATIONS, NORMS, LOSSES, OPTIMIZERS, SCHEDULERS]
+REGISTRIES = [BACKBONES, POOLING, UNPOOLING, ACTIVATIONS, OUTPUT_ACTIVATIONS, NORMS, LOSSES, OPTIMIZERS, SCHEDULERS,
+              TUNE_SCHEDULERS, SEARCHERS]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +46,7 @@ def test_parse_overrides_types():
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model.unpooling=bicubic"], "model.unpooling: invalid value 'bicubic': Input should be 'transpose', 'bilinear'"),
+        (["model.unpooling=bicubic"], "model.unpooling: unknown unpooling 'bicubic'; choose one of: transpose, bilinear"),
         (["model.colour=red"], "model.colour: unknown key; allowed keys: backbone,"),
         (["nosuch.key=1"], "nosuch: unknown key; allowed keys: model, data, ingest, train, tune, storage, resources"),
         (["train.lr=-1"], "train.lr: invalid value -1: Input should be greater than 0"),
@@ -84,13 +86,31 @@ def _field_type(key: str) -> object:
 
 
 @pytest.mark.parametrize("registry", REGISTRIES, ids=lambda r: r.key)
-def test_config_choices_equal_the_registry(registry: Registry) -> None:
-    """Where the schema spells the choices as a Literal (for the README reference), it equals the registry."""
-    typ = _field_type(registry.key)
-    if get_origin(typ) is Literal:
-        assert sorted(get_args(typ)) == sorted(registry.list())
-    else:
-        assert typ is str
+def test_config_choices_are_the_registry(registry: Registry) -> None:
+    """A config key takes exactly the names its registry builds: the one list in the catalog (read without torch),
+    in the registry's order, shown in the README reference."""
+    choices = list(catalog.BACKBONES) if registry.key == "model.backbone" else catalog.CHOICES[registry.key]
+    assert registry.list() == choices
+    assert _field_type(registry.key) is str
+    if registry.key != "model.backbone":
+        assert f"| `{registry.key}` | `{{{', '.join(choices)}}}` |" in config_reference()
+
+
+def test_a_registered_loss_is_a_config_choice() -> None:
+    """A user's ``register_loss`` extends what configs accept (the schema holds no second list)."""
+    from unet_dist.losses import create_loss, register_loss
+
+    name = "test_ce_copy"
+    with pytest.raises(ConfigError, match=f"train.loss: unknown loss '{name}'"):
+        load_config(overrides=[f"train.loss={name}"])
+    register_loss(name)(LOSSES.get("ce"))
+    try:
+        assert load_config(overrides=[f"train.loss={name}"]).train.loss == name
+        assert create_loss(name, 2) is not None
+    finally:
+        LOSSES._entries.pop(name)
+        LOSSES._meta.pop(name)
+        catalog.CHOICES["train.loss"].remove(name)
 
 
 @pytest.mark.parametrize("registry", REGISTRIES, ids=lambda r: r.key)

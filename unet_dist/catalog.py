@@ -14,11 +14,31 @@ from pathlib import Path
 
 from unet_dist.errors import ConfigError
 
-POOLING = ("max", "avg", "conv")
-UNPOOLING = ("transpose", "bilinear", "nearest", "pixelshuffle", "maxunpool")
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "mish")
-OUTPUT_ACTIVATIONS = ("none", "sigmoid", "softmax")
-NORMS = ("batch", "group", "instance", "none")
+CHOICES: dict[str, list[str]] = {
+    "model.pooling": ["max", "avg", "conv"],
+    "model.unpooling": ["transpose", "bilinear", "nearest", "pixelshuffle", "maxunpool"],
+    "model.activation": ["relu", "leaky_relu", "elu", "gelu", "silu", "mish"],
+    "model.output_activation": ["none", "sigmoid", "softmax"],
+    "model.norm": ["batch", "group", "instance", "none"],
+    "train.loss": ["ce", "bce", "dice", "jaccard", "focal", "dice_ce"],
+    "train.optimizer": ["adam", "adamw", "sgd"],
+    "train.scheduler": ["none", "cosine", "poly", "step"],
+    "tune.scheduler": ["asha", "hyperband", "fifo"],
+    "tune.search": ["random", "grid", "optuna"],
+}
+"""The names each registry-backed config key accepts: the one list. Config validation reads it (no torch); the
+:class:`~unet_dist.registry.Registry` of a key builds each name and adds the names registered later (a user's
+``register_loss("mine")``), so configs accept those too. Tests check every registry against its list."""
+
+UNPOOLING = CHOICES["model.unpooling"]
+
+
+def check_choice(key: str, value: str) -> str:
+    """``value`` if ``key`` accepts it, else a ValueError naming the key and the choices (in the registry's words)."""
+    if value not in CHOICES[key]:
+        what = "search algorithm" if key == "tune.search" else key.split(".")[-1].replace("_", " ")
+        raise ValueError(f"{key}: unknown {what} {value!r}; choose one of: {', '.join(CHOICES[key])}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -7,23 +7,44 @@ so defaults live here and nowhere else. Plain data with validation: imports no b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from unet_dist import catalog
 from unet_dist.errors import ConfigError
 
-Pooling = Literal[catalog.POOLING]
-Unpooling = Literal[catalog.UNPOOLING]
-Activation = Literal[catalog.ACTIVATIONS]
-OutputActivation = Literal[catalog.OUTPUT_ACTIVATIONS]
-Norm = Literal[catalog.NORMS]
+
+class Choice:
+    """A registry-backed name: validated against :data:`unet_dist.catalog.CHOICES` (the list the key's registry
+    extends), so a name registered at run time is accepted and the README reference lists the choices."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, value: str) -> str:
+        return catalog.check_choice(self.key, value)
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(catalog.CHOICES[self.key]) + "}"
+
+
+def _choice(key: str) -> Any:
+    return Annotated[str, AfterValidator(Choice(key))]
+
+
+Pooling = _choice("model.pooling")
+Unpooling = _choice("model.unpooling")
+Activation = _choice("model.activation")
+OutputActivation = _choice("model.output_activation")
+Norm = _choice("model.norm")
+Loss = _choice("train.loss")
+Optimizer = _choice("train.optimizer")
+Scheduler = _choice("train.scheduler")
+TuneScheduler = _choice("tune.scheduler")
+TuneSearch = _choice("tune.search")
 MaskMode = Literal["binary", "multiclass", "instance"]
-Loss = Literal["ce", "bce", "dice", "dice_ce", "focal", "jaccard"]
-Optimizer = Literal["adam", "adamw", "sgd"]
-Scheduler = Literal["none", "cosine", "poly", "step"]
 Intensity = Literal["auto", "dtype", "dataset_range", "percentile"]
 
 
@@ -169,8 +190,8 @@ class TuneConfig(_Section):
 
     name: str = Field("tune", description="Campaign name: its folder under storage.uri (an existing name needs --resume).")
     search_space: dict[str, Any] = Field(default_factory=dict, description="Dotted config keys -> {choice\\|grid: [...]} or {uniform\\|loguniform\\|randint: [lo, hi]} or {quniform: [lo, hi, q]}.")
-    scheduler: Literal["asha", "hyperband", "fifo"] = Field("asha", description="Trial scheduler; asha and hyperband stop poor trials early at rungs measured in epochs.")
-    search: Literal["random", "grid", "optuna"] = Field("random", description="random (and grid keys) with Tune's variant generator, or optuna (pip install optuna).")
+    scheduler: TuneScheduler = Field("asha", description="Trial scheduler; asha and hyperband stop poor trials early at rungs measured in epochs.")
+    search: TuneSearch = Field("random", description="random (and grid keys) with Tune's variant generator, or optuna (pip install optuna).")
     num_samples: int = Field(8, ge=1, description="Trials per grid point (random/optuna: trials in all).")
     max_concurrent_trials: int = Field(1, ge=1)
     metric: str | None = Field(None, description="Metric the scheduler and the ranking use; default: train.monitor.")
@@ -364,6 +385,14 @@ def load_config(
     return validate_section(Config, data, "")
 
 
+def _type_name(f: Any) -> str:
+    """How the reference shows a field's type: a registry-backed name lists its choices (``{ce, bce, ...}``)."""
+    choices = [m.func for m in f.metadata if isinstance(getattr(m, "func", None), Choice)]
+    if choices:
+        return repr(choices[0])
+    return str(f.annotation).replace("typing.", "").replace("pydantic.types.", "").replace("<class '", "").replace("'>", "")
+
+
 def config_reference() -> str:
     """A Markdown table of every config key with type, default and description, generated from the schema."""
     import json
@@ -373,7 +402,7 @@ def config_reference() -> str:
         cls = field.annotation
         for name, f in cls.model_fields.items():
             default = f.get_default(call_default_factory=True)
-            typ = str(f.annotation).replace("typing.", "").replace("pydantic.types.", "").replace("<class '", "").replace("'>", "")
+            typ = _type_name(f)
             doc = (f.description or "").replace("|", "\\|")
             shown = "(secret)" if "Secret" in typ else json.dumps(default, default=str)
             rows.append(f"| `{section}.{name}` | `{typ}` | `{shown}` | {doc} |")

@@ -19,7 +19,7 @@ from unet_dist.registry import Registry
 IGNORE = -1
 LossBuilder = Callable[..., nn.Module]
 LOSSES: Registry[LossBuilder] = Registry("loss", key="train.loss")
-"""Builders ``fn(num_classes, weight) -> nn.Module``; names equal the config's ``Loss`` Literal (tested)."""
+"""Builders ``fn(num_classes, weight) -> nn.Module``; its names are ``catalog.CHOICES["train.loss"]`` (tested)."""
 
 
 def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
+from unet_dist import catalog
 from unet_dist.errors import ConfigError
 
 T = TypeVar("T")
@@ -32,6 +33,9 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.name} {name!r} is already registered (in the {self.key} registry)")
         self._entries[name] = obj
         self._meta[name] = dict(meta)
+        choices = catalog.CHOICES.get(self.key)
+        if choices is not None and name not in choices:
+            choices.append(name)  # a name registered after the built-ins: configs accept it from now on
         return obj
 
     def register(self, name: str, **meta: Any) -> Callable[[T], T]:

@@ -51,8 +51,19 @@ TRIALS_DIR = "trials"
 TUNE_STATE_DIR = "tune"
 
 
+DATASET_RECORD = "dataset.json"
+"""An ingested dataset's manifest, written last (``unet_dist.data.manifest`` reads it; the collector skips its folder)."""
+
+
 def checkpoint_dir_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
+
+
+def checkpoint_dir_epoch(name: str) -> int | None:
+    """The epoch a checkpoint folder's name (``epoch_NNNN``) stands for; None for any other name. The one pattern
+    the run folder, the collector's scan and gc match."""
+    m = _EPOCH_DIR.match(name)
+    return int(m.group(1)) if m else None
 
 
 def now_iso() -> str:
@@ -278,9 +289,9 @@ class RunDir(RecordFolder):
         """``{epoch: location}`` of every complete checkpoint folder, oldest first."""
         found = {}
         for child in self.loc.ls():
-            m = _EPOCH_DIR.match(child.name)
-            if m and is_complete(child):
-                found[int(m.group(1))] = child
+            epoch = checkpoint_dir_epoch(child.name)
+            if epoch is not None and is_complete(child):
+                found[epoch] = child
         return dict(sorted(found.items()))
 
     def best(self, metric: str, mode: str, rows: list[dict[str, Any]] | None = None) -> Best | None:

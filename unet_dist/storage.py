@@ -9,6 +9,7 @@ string form.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import io
@@ -514,24 +515,76 @@ def remove_tree(loc: Location, purge_versions: bool = False) -> Removal:
     return out
 
 
+def list_pages(loc: Location) -> Iterator[list[dict[str, Any]]]:
+    """Every object under an S3 location, a page (``list_objects_v2``: up to 1000) at a time, each request riding
+    out outages like every storage call. Each object is S3's dict (``Key``, ``Size``, ``ETag``, ``LastModified``)
+    plus ``rel``, its key relative to ``loc``."""
+    bucket, _, prefix = loc.path.partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        page = _call(loc, loc.fs.call_s3, "list_objects_v2", **kwargs)
+        yield [{**obj, "rel": obj["Key"][len(prefix):]} for obj in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def read_many(root: Location, paths: list[str]) -> dict[str, bytes | Exception]:
+    """The bytes of each path relative to ``root``, or the error for a file gone or refused (storage that fails as
+    a whole raises StorageError): one GET per file on S3, :data:`S3_CONNECTIONS` at a time."""
+    if not paths:
+        return {}
+    if root.is_s3:
+        from fsspec.asyn import sync
+
+        return _call(root, sync, root.fs.loop, _get_all, root, paths)
+    out: dict[str, bytes | Exception] = {}
+    for rel in paths:
+        try:
+            with open(os.path.join(root.path, rel), "rb") as f:
+                out[rel] = f.read()
+        except OSError as err:
+            out[rel] = err
+    return out
+
+
+async def _get_all(root: Location, paths: list[str]) -> dict[str, bytes | Exception]:
+    fs = root.fs
+    await fs.set_session()
+    limit = asyncio.Semaphore(S3_CONNECTIONS)
+    bucket, _, prefix = root.path.partition("/")
+
+    async def one(rel: str) -> tuple[str, bytes | Exception]:
+        key = f"{prefix}/{rel}" if prefix else rel
+        async with limit:
+            try:
+                resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+                try:
+                    return rel, await resp["Body"].read()
+                finally:
+                    resp["Body"].close()
+            except (FileNotFoundError, PermissionError) as err:  # one object gone or refused; storage failures raise
+                return rel, err
+
+    return dict(await asyncio.gather(*(one(p) for p in paths)))
+
+
 def _s3_keys(loc: Location, bucket: str, prefix: str, versions: bool) -> list[dict[str, str]]:
     """``[{"Key"}]`` of every object under ``prefix`` (with ``versions``: ``{"Key", "VersionId"}`` of every version
     and delete marker), across pages."""
-    op, token_in, token_out = (("list_object_versions", "KeyMarker", "NextKeyMarker") if versions else
-                               ("list_objects_v2", "ContinuationToken", "NextContinuationToken"))
+    if not versions:
+        return [{"Key": obj["Key"]} for page in list_pages(loc) for obj in page]
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     keys: list[dict[str, str]] = []
     while True:
-        page = _call(loc, loc.fs.call_s3, op, **kwargs)
-        if versions:
-            keys += [{"Key": v["Key"], "VersionId": v["VersionId"]}
-                     for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]]
-        else:
-            keys += [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        page = _call(loc, loc.fs.call_s3, "list_object_versions", **kwargs)
+        keys += [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                 for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]]
         if not page.get("IsTruncated"):
             return keys
-        kwargs[token_in] = page[token_out]
-        if versions and page.get("NextVersionIdMarker"):
+        kwargs["KeyMarker"] = page["NextKeyMarker"]
+        if page.get("NextVersionIdMarker"):
             kwargs["VersionIdMarker"] = page["NextVersionIdMarker"]
 
 

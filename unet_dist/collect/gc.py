@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import posixpath
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,12 +39,12 @@ from unet_dist.collect.export import pinned_sources, ranked, relative
 from unet_dist.collect.scan import RunFolder, find_runs, list_tree
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
+from unet_dist.runs import checkpoint_dir_epoch
 from unet_dist.storage import Location, Removal, bucket_versioning, remove_tree, resolve
 
 DEFAULT_KEEP_BEST = 3
 TERMINAL = frozenset({"finished", "early_stopped", "invalid"})
 """Run statuses nothing resumes (``train --name`` extends a finished run, so its snapshot is rewritten, not ignored)."""
-_EPOCH = re.compile(r"^epoch_\d+$")
 
 
 @dataclass(frozen=True)
@@ -273,7 +272,9 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def _epoch(name: str) -> int:
-    return int(name.split("_", 1)[1])
+    epoch = checkpoint_dir_epoch(name)
+    assert epoch is not None, name  # only checkpoint folders reach here
+    return epoch
 
 
 def _sizes(root: Location, files: dict[str, str]) -> Counter[str]:
@@ -283,7 +284,7 @@ def _sizes(root: Location, files: dict[str, str]) -> Counter[str]:
     for path, sig in files.items():
         parts = path.split("/")
         for depth in (1, 3):
-            if len(parts) > depth + 1 and _EPOCH.match(parts[depth]):
+            if len(parts) > depth + 1 and checkpoint_dir_epoch(parts[depth]) is not None:
                 size = int(sig.split(":", 1)[0]) if root.is_s3 else os.path.getsize(os.path.join(root.path, path))
                 out["/".join(parts[:depth + 1])] += size
     return out

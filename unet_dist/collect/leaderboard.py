@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Sequence, get_args
 
-from unet_dist.collect.scan import LEADERBOARD_DIR, RunFolder, find_runs, list_tree, read_many
+from unet_dist.collect.scan import LEADERBOARD_DIR, RunFolder, find_runs, list_tree
 from unet_dist.config import StorageConfig
 from unet_dist.errors import UserError
 from unet_dist.runs import METRICS_FILE, RUN_RECORD, Status, is_finite
-from unet_dist.storage import Location, resolve
+from unet_dist.storage import Location, read_many, resolve
 
 LEADERBOARD_FILE = "leaderboard.parquet"
 INDEX_FILE = "_index.json.gz"

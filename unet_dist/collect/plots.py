@@ -92,7 +92,7 @@ def histogram_png(values: Sequence[float], label: str) -> bytes:
     return _png(fig)
 
 
-def overlay_png(rgb: torch.Tensor) -> bytes:
+def rgb_tensor_png(rgb: torch.Tensor) -> bytes:
     """A ``3 x H x W`` float overlay in [0, 1] (from :func:`unet_dist.inference.overlay.overlay`) as PNG."""
     from PIL import Image
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from unet_dist.collect.scan import read_many
+from unet_dist.storage import read_many
 from unet_dist.storage import Location
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"

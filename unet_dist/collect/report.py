@@ -260,7 +260,7 @@ def _overlays(loaded: Any, manifest: dict[str, Any], split: str, ids: Iterable[s
         if caption is None:
             s = scores(confusion_matrix(pred, target, max(2, loaded.cfg.model.num_classes)), loaded.class_names or None)
             caption = f"{image_id} · IoU {s['iou']:.3f} · Dice {s['dice']:.3f}"
-        out[image_id] = plots.overlay_png(overlay(loaded.preprocess(pixels), pred, target)), caption
+        out[image_id] = plots.rgb_tensor_png(overlay(loaded.preprocess(pixels), pred, target)), caption
         if limit is not None and len(out) >= limit:
             break
     return out

@@ -1,4 +1,4 @@
-"""Find every run on storage from one recursive listing, and read many small files in few requests.
+"""Find every run on storage from one recursive listing (:func:`unet_dist.storage.list_pages` on S3).
 
 A listing maps each file's path (relative to the storage root) to a signature (size, ETag and modification time
 on S3; inode, ctime, size and mtime locally) that changes whenever the file does; :func:`find_runs` turns it into run folders (single runs
@@ -8,21 +8,18 @@ without reading a file. Nothing here imports Ray or torch.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import re
 from dataclasses import dataclass, field
 
-from unet_dist.runs import CAMPAIGN_RECORD, MARKER_FILE, METRICS_FILE, RUN_RECORD, STATE_FILE, TRIALS_DIR
+from unet_dist.runs import (CAMPAIGN_RECORD, DATASET_RECORD, MARKER_FILE, METRICS_FILE, RUN_RECORD, STATE_FILE, TRIALS_DIR,
+                            checkpoint_dir_epoch)
 from unet_dist.errors import StorageError
-from unet_dist.storage import S3_CONNECTIONS, Location, _call
+from unet_dist.storage import Location, list_pages
 
 LEADERBOARD_DIR = "leaderboard"
-DATASET_RECORD = "dataset.json"
 # Top-level folders the collector and its siblings (export, gc, report, predict) write: never runs, never warned about.
 RESERVED = frozenset({LEADERBOARD_DIR, "models", "exports", "reports", "predictions"})
 _PRUNE = frozenset({"tensorboard", "tune"})
-_EPOCH = re.compile(r"^epoch_\d+$")
 _SIGNED = frozenset({RUN_RECORD, METRICS_FILE})  # the only files whose changes change a row
 
 
@@ -92,22 +89,16 @@ def local_signature(st: os.stat_result) -> str:
 
 def _list_s3(root: Location) -> Listing:
     out = Listing()
-    bucket, _, prefix = root.path.partition("/")
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    kwargs = {"Bucket": bucket, "Prefix": prefix}
-    while True:
-        page = _call(root, root.fs.call_s3, "list_objects_v2", **kwargs)
+    for page in list_pages(root):
         out.requests += 1
-        for obj in page.get("Contents", []):
-            rel = obj["Key"][len(prefix):]
+        for obj in page:
+            rel = obj["rel"]
             if rel.endswith("/"):
                 if rel.strip("/"):
                     out.dirs.add(rel.rstrip("/"))
             elif rel:
                 out.files[rel] = f"{obj['Size']}:{obj.get('ETag', '').strip(chr(34))}:{obj.get('LastModified', '')}"
-        if not page.get("IsTruncated"):
-            return out
-        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    return out
 
 
 def find_runs(listing: Listing) -> tuple[list[RunFolder], list[tuple[str, str]]]:
@@ -185,7 +176,7 @@ def _index_checkpoints(listing: Listing, runs: list[RunFolder]) -> None:
     for path in [*listing.files, *listing.dirs]:
         parts = path.split("/")
         for depth in (1, 3):
-            if len(parts) > depth and _EPOCH.match(parts[depth]) and "/".join(parts[:depth]) in by_key:
+            if len(parts) > depth and checkpoint_dir_epoch(parts[depth]) is not None and "/".join(parts[:depth]) in by_key:
                 names = seen.setdefault(("/".join(parts[:depth]), parts[depth]), set())
                 if len(parts) == depth + 2:
                     names.add(parts[depth + 1])
@@ -193,41 +184,3 @@ def _index_checkpoints(listing: Listing, runs: list[RunFolder]) -> None:
         by_key[key].checkpoints[epoch] = {MARKER_FILE, STATE_FILE} <= names
 
 
-def read_many(root: Location, paths: list[str]) -> dict[str, bytes | Exception]:
-    """The bytes of each relative path, or the error for a file gone or refused since the listing (storage that fails
-    as a whole raises StorageError): one GET per file on S3, concurrently."""
-    if not paths:
-        return {}
-    if root.is_s3:
-        from fsspec.asyn import sync
-
-        return _call(root, sync, root.fs.loop, _get_all, root, paths)
-    out: dict[str, bytes | Exception] = {}
-    for rel in paths:
-        try:
-            with open(os.path.join(root.path, rel), "rb") as f:
-                out[rel] = f.read()
-        except OSError as err:
-            out[rel] = err
-    return out
-
-
-async def _get_all(root: Location, paths: list[str]) -> dict[str, bytes | Exception]:
-    fs = root.fs
-    await fs.set_session()
-    limit = asyncio.Semaphore(S3_CONNECTIONS)
-    bucket, _, prefix = root.path.partition("/")
-
-    async def one(rel: str) -> tuple[str, bytes | Exception]:
-        key = f"{prefix}/{rel}" if prefix else rel
-        async with limit:
-            try:
-                resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
-                try:
-                    return rel, await resp["Body"].read()
-                finally:
-                    resp["Body"].close()
-            except (FileNotFoundError, PermissionError) as err:  # one object gone or refused; storage failures raise
-                return rel, err
-
-    return dict(await asyncio.gather(*(one(p) for p in paths)))

@@ -13,10 +13,11 @@ import pyarrow as pa
 
 from unet_dist.config import StorageConfig
 from unet_dist.errors import DataError
+from unet_dist.runs import DATASET_RECORD
 from unet_dist.storage import Location, resolve
 
 SCHEMA_VERSION = 1
-MANIFEST = "dataset.json"
+MANIFEST = DATASET_RECORD
 SPLITS = ("train", "val", "test")
 
 PARQUET_SCHEMA = pa.schema([

@@ -8,11 +8,11 @@ validation reads without importing torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, get_args
+from typing import Callable
 
 from unet_dist import catalog
 from unet_dist.catalog import maxunpool_problem  # noqa: F401  (the rule lives with the catalog; re-exported)
-from unet_dist.config import Activation, ModelConfig, Norm, OutputActivation, Pooling, Unpooling
+from unet_dist.config import ModelConfig
 from unet_dist.models.blocks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, POOLING, UNPOOLING, Encoder
 from unet_dist.registry import Registry
 
@@ -84,13 +84,3 @@ def registry_info() -> dict[str, list[str]]:
         "output_activations": OUTPUT_ACTIVATIONS.list(),
         "norms": NORMS.list(),
     }
-
-
-CONFIG_LITERALS = {
-    "pooling": get_args(Pooling),
-    "unpooling": get_args(Unpooling),
-    "activations": get_args(Activation),
-    "output_activations": get_args(OutputActivation),
-    "norms": get_args(Norm),
-}
-"""The config's Literal choices, which the registries must equal (checked in tests)."""
