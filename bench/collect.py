@@ -65,7 +65,7 @@ def trial_files(cfg: Config, base: str, campaign: str, i: int, rng: random.Rando
     best = Best("val_mean_iou", "max", rows[best_epoch]["val_mean_iou"], best_epoch, f"{uri}/{checkpoint_dir_name(best_epoch)}",
                 rows[best_epoch])
     params = {k: rng.choice(v) for k, v in SPACE.items()}
-    record = {**new_record(cfg, trial_id, uri, {"uri": "s3://data/isbi", "fingerprint": "f" * 64}, "0.1.0"),
+    record = {**new_record(cfg, trial_id, uri, {"uri": "s3://data/isbi", "fingerprint": "f" * 64}),
               **progress_fields(rows, best), "kind": "trial", "campaign": campaign, "trial_id": trial_id, "params": params,
               "status": "finished" if epochs == 8 else "early_stopped", "ended_at": "2026-11-30T08:00:00+00:00"}
     files = {f"{campaign}/trials/{trial_id}/{RUN_RECORD}": json.dumps(record, indent=2).encode(),
@@ -83,7 +83,7 @@ def generate(root: Location, n: int, put: Callable[[dict[str, bytes]], None]) ->
     for c in range(0, n, TRIALS_PER_CAMPAIGN):
         campaign = f"campaign{c // TRIALS_PER_CAMPAIGN:02d}"
         files = {f"{campaign}/campaign.json": json.dumps(new_campaign_record(cfg, campaign, f"{root.uri}/{campaign}",
-                                                                              {}, [], "0.1.0")).encode()}
+                                                                              {}, [])).encode()}
         for i in range(c, min(c + TRIALS_PER_CAMPAIGN, n)):
             files.update(trial_files(cfg, root.uri, campaign, i, rng))
         put(files)

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> str:
         cfg = load_config(args.config, args.overrides)
         check_job_paths(run_paths(cfg))
-        from unet_dist.train.trainer import fit, preflight  # after the config: a config error needs neither torch nor Ray
+        from unet_dist.train import fit, preflight  # after the config: a config error needs neither torch nor Ray
 
         preflight(cfg)  # a missing dataset or unloadable weights answer before the job attaches to Ray
         with attached(cfg):

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         check_job_paths(run_paths(cfg))
         from unet_dist.runs import CampaignDir  # after the config: a config error needs neither torch nor Ray
         from unet_dist.storage import resolve
-        from unet_dist.train.trainer import preflight
+        from unet_dist.train import preflight
         from unet_dist.tune import run_campaign
 
         resume = args.resume or (args.resume_if_exists and CampaignDir(resolve(cfg.storage.uri, cfg.storage) / cfg.tune.name).exists())

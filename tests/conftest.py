@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -296,9 +297,50 @@ def shared_campaign(isbi_small_dir: Path, s3_server: dict, ray_tmpdir: Path, tmp
                         "tune.grace_period=1", "tune.reduction_factor=2", "tune.num_samples=1")
     cfg = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"search_space": SPACE})})
     summary = run_campaign(cfg, progress=False)
-    fit(_small_config(dataset, root, *common, "train.epochs=2", f"train.name={RUN}"), progress=False)
+    seam = tmp_path_factory.mktemp("seam")
+    fit(_small_config(dataset, root, *common, "train.epochs=2", f"train.name={RUN}"), progress=False,
+        callbacks=[_report_log(seam / "reports.jsonl")], recorders=[_epoch_log(seam)])
     local = tmp_path_factory.mktemp("collect-local") / "storage"
     src = resolve(root)
     src.fs.get(src.path + "/", str(local), recursive=True)
     return {"s3": root, "local": str(local), "dataset": dataset, "campaign": CAMPAIGN, "run": RUN, "cfg": cfg,
-            "summary": summary}
+            "summary": summary, "seam": seam}
+
+
+def _report_log(path: Path) -> Any:
+    """A Ray Train callback (it runs in the controller) appending every report's rank-0 metrics to ``path``: what an
+    experiment tracker plugged into ``fit(callbacks=...)`` sees. Defined here so Ray pickles it by value."""
+    import ray.train
+
+    class ReportLog(ray.train.UserCallback):
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            with open(path, "a") as f:
+                f.write(json.dumps({"epoch": metrics[0]["epoch"], "val_iou": metrics[0]["val_iou"],
+                                    "checkpoint": checkpoint is not None}) + "\n")
+
+    return ReportLog()
+
+
+def _epoch_log(folder: Path) -> Any:
+    """A worker recorder spec for ``fit(recorders=...)`` writing, on every rank, the hooks it saw to
+    ``folder/rank-N.jsonl``."""
+    from unet_dist.train import WorkerRecorder
+
+    class EpochLog(WorkerRecorder):
+        def __init__(self, ctx: Any) -> None:
+            self.path = folder / f"rank-{ctx.rank}.jsonl"
+            self.steps = 0
+
+        @classmethod
+        def create(cls, ctx: Any) -> "EpochLog":
+            return cls(ctx)  # every rank
+
+        def before_step(self, epoch: int, step: int) -> None:
+            self.steps += 1
+
+        def on_epoch_end(self, row: dict, shown: list, state: dict) -> None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"epoch": row["epoch"], "val_iou": row["val_iou"], "steps": self.steps,
+                                    "state": sorted(state)}) + "\n")
+
+    return EpochLog

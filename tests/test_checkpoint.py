@@ -156,11 +156,11 @@ def test_a_marker_naming_a_path_is_refused_wherever_a_checkpoint_is_read(tmp_pat
 
 @pytest.mark.parametrize("tamper", ["subfolder", "marker"])
 def test_checkpoint_upload_refuses_names_that_are_not_plain_files(tmp_path, tamper: str) -> None:
-    """Recorder.upload_checkpoint (Ray's checkpoint_upload_fn) writes plain files of the folder only, checked first."""
+    """RunRecorder.upload_checkpoint (Ray's checkpoint_upload_fn) writes plain files of the folder only, checked first."""
     from types import SimpleNamespace
 
     from unet_dist.runs import MarkerError
-    from unet_dist.train.recorder import Recorder
+    from unet_dist.train.recorder import RunRecorder
 
     local = ckpt.save_checkpoint(tmp_path / "local", _state(0))
     if tamper == "subfolder":
@@ -171,5 +171,5 @@ def test_checkpoint_upload_refuses_names_that_are_not_plain_files(tmp_path, tamp
         (local / MARKER_FILE).write_text(json.dumps({**marker, "files": {**marker["files"], "../../x": 1}}))
     run = RunDir(resolve(tmp_path / "run"))
     with pytest.raises(MarkerError, match="bad file name"):
-        Recorder.upload_checkpoint(SimpleNamespace(run=run), SimpleNamespace(path=str(local)), "epoch_0000")
+        RunRecorder.upload_checkpoint(SimpleNamespace(run=run), SimpleNamespace(path=str(local)), "epoch_0000")
     assert not (tmp_path / "run").exists()

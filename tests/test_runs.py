@@ -55,7 +55,7 @@ def test_record_lifecycle_keeps_secrets_out(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-write-me")
     cfg = load_config(None, ["train.epochs=3", "storage.secret_access_key=also-secret"])
     run = RunDir(resolve(tmp_path / "r"))
-    run.write_record(new_record(cfg, "r", run.uri, {"uri": "/data", "fingerprint": "f"}, "0.1.0"))
+    run.write_record(new_record(cfg, "r", run.uri, {"uri": "/data", "fingerprint": "f"}))
     assert run.read_record()["status"] == "running"
     for e in range(2):
         run.append(METRICS_FILE, {"epoch": e, "val_mean_iou": 0.5 + e / 10, "val_iou": 0.6, "train_loss": 1.0})
@@ -124,7 +124,7 @@ def test_start_record_over_an_existing_record_keeps_best_epochs_and_start(tmp_pa
 
     cfg = load_config(None, ["train.epochs=2"])
     run = RunDir(resolve(tmp_path / "r"))
-    first = start_record(run, new_record(cfg, "r", run.uri, {"uri": "/data"}, "0.1.0"))
+    first = start_record(run, new_record(cfg, "r", run.uri, {"uri": "/data"}))
     assert first["status"] == "running" and "resumed_at" not in first
     for e, value in enumerate((0.8, 0.6)):
         run.append(METRICS_FILE, {"epoch": e, "val_mean_iou": value, "val_iou": value, "train_time_s": 3.0 + e})
@@ -133,7 +133,7 @@ def test_start_record_over_an_existing_record_keeps_best_epochs_and_start(tmp_pa
     assert done["best_epoch"] == 0 and done["epochs"] == 2
 
     more = load_config(None, ["train.epochs=4"])
-    resumed = start_record(run, new_record(more, "r", run.uri, {"uri": "/data"}, "0.1.0"))
+    resumed = start_record(run, new_record(more, "r", run.uri, {"uri": "/data"}))
     assert resumed == run.read_record()
     assert resumed["status"] == "running" and resumed["ended_at"] is None and resumed["error"] is None
     for key in ("started_at", "epochs", "best", "best_epoch", "best_checkpoint", "best_val_iou", "best_metrics",
@@ -141,10 +141,10 @@ def test_start_record_over_an_existing_record_keeps_best_epochs_and_start(tmp_pa
         assert resumed[key] == done[key], key
     assert resumed["best_checkpoint"].endswith("epoch_0000") and resumed["epochs_planned"] == 4
     assert resumed["config"]["train"]["epochs"] == 4 and len(resumed["resumed_at"]) == 1
-    assert len(start_record(run, new_record(more, "r", run.uri, {}, "0.1.0"))["resumed_at"]) == 2
+    assert len(start_record(run, new_record(more, "r", run.uri, {}))["resumed_at"]) == 2
 
     other = load_config(None, ["train.epochs=4", "train.monitor=val_loss", "train.monitor_mode=min"])
-    switched = start_record(run, new_record(other, "r", run.uri, {}, "0.1.0"))
+    switched = start_record(run, new_record(other, "r", run.uri, {}))
     assert switched["best"] is None and switched["epochs"] == 2  # another monitor: its best is found again
 
 
@@ -153,11 +153,11 @@ def test_after_a_resume_a_worse_epoch_never_replaces_the_kept_best(tmp_path) -> 
 
     cfg = load_config(None, ["train.epochs=3"])
     run = RunDir(resolve(tmp_path / "r"))
-    start_record(run, new_record(cfg, "r", run.uri, {}, "0.1.0"))
+    start_record(run, new_record(cfg, "r", run.uri, {}))
     run.append(METRICS_FILE, {"epoch": 0, "val_mean_iou": 0.9})
     _checkpoint(run, 0)
     finish_record(run, "stopped")
-    start_record(run, new_record(cfg, "r", run.uri, {}, "0.1.0"))
+    start_record(run, new_record(cfg, "r", run.uri, {}))
     for e, value in ((1, 0.2), (2, math.nan)):
         run.append(METRICS_FILE, {"epoch": e, "val_mean_iou": value})
         _checkpoint(run, e)

@@ -2,7 +2,7 @@
 data dir. Transient failures are retried for ``storage.retry_s``, then end in one StorageError; a missing object or
 refused credentials are never retried; pyarrow's view (what Ray Train writes through) retries too and never drops a
 failed upload silently (except inside ``pyarrow.fs.copy_files``, which drops errors raised on close: checkpoints
-are uploaded by ``Recorder.upload_checkpoint`` instead)."""
+are uploaded by ``RunRecorder.upload_checkpoint`` instead)."""
 
 from __future__ import annotations
 

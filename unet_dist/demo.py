@@ -57,6 +57,6 @@ def run_demo(cfg: Config, data: str | None = None, workdir: str = "demo-runs", c
                  f"{cfg.train.epochs} epochs, {cfg.tune.scheduler} -> {cfg.storage.uri}/{cfg.tune.name}")
     summary = run_campaign(cfg, console=console, progress=True)
     console.rule(f"[bold]3/3 collect[/]: leaderboard -> champion in {work / 'models'} -> report")
-    published = publish(cfg.storage.uri, storage_cfg=cfg.storage, export_to=str(work / "models"), top=1,
+    published = publish(cfg.storage.uri, storage=cfg.storage, export_to=str(work / "models"), top=1,
                         report_to=str(work / "report.html"), campaigns=[cfg.tune.name], progress=True)
     return summary, published

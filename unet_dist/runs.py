@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Literal
 
+from unet_dist import __version__
 from unet_dist.config import Config, StorageConfig
 from unet_dist.errors import StorageError, UserError
 from unet_dist.storage import Location, resolve
@@ -299,16 +300,24 @@ class RunDir(RecordFolder):
 
 
 
-def new_record(cfg: Config, name: str, uri: str, dataset: dict[str, Any], code_version: str) -> dict[str, Any]:
-    """A run record for a run that is starting (status ``running``)."""
+def new_record(cfg: Config, name: str, uri: str, dataset: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A run record for a run that is starting (status ``running``), for :func:`start_record`; ``fields`` add to it
+    (the GPU decision of a run, a trial's campaign and searched values)."""
     return {
         "schema": RECORD_SCHEMA, "kind": "train", "name": name, "uri": uri, "status": "running", "error": None,
-        "config": cfg.to_dict(), "dataset": dataset, "code_version": code_version,
+        "config": cfg.to_dict(), "dataset": dataset, "code_version": __version__,
         "started_at": now_iso(), "ended_at": None, "updated_at": now_iso(),
         "epochs": 0, "epochs_planned": cfg.train.epochs, "time_budget_s": cfg.train.time_budget_s, "train_time_s": 0.0,
         "monitor": {"metric": cfg.train.monitor, "mode": cfg.train.monitor_mode},
         "best": None, "best_val_iou": None, "best_epoch": None, "best_checkpoint": None, "final_metrics": {},
+        **fields,
     }
+
+
+def new_trial_record(cfg: Config, run: RunDir, campaign: str, trial_id: str, params: dict[str, Any],
+                     dataset: dict[str, Any]) -> dict[str, Any]:
+    """A trial's fresh run record: kind ``trial``, its campaign and its searched values."""
+    return new_record(cfg, trial_id, run.uri, dataset, kind="trial", campaign=campaign, trial_id=trial_id, params=params)
 
 
 KEPT_ON_RESUME = ("started_at", "epochs", "train_time_s", "final_metrics")
@@ -374,15 +383,14 @@ class CampaignDir(RecordFolder):
         return {child.name: RunDir(child) for child in sorted(folder.ls(), key=lambda c: c.name)}
 
 
-def new_campaign_record(cfg: Config, name: str, uri: str, space: dict[str, Any], skipped: list[dict[str, Any]],
-                        code_version: str) -> dict[str, Any]:
+def new_campaign_record(cfg: Config, name: str, uri: str, space: dict[str, Any], skipped: list[dict[str, Any]]) -> dict[str, Any]:
     """The record of a campaign that is starting."""
     metric, mode = cfg.campaign_metric
     return {
         "schema": RECORD_SCHEMA, "kind": "campaign", "name": name, "uri": uri, "status": "running", "error": None,
         "search_space": space, "scheduler": cfg.tune.scheduler, "search": cfg.tune.search, "metric": metric, "mode": mode,
         "num_samples": cfg.tune.num_samples, "max_concurrent_trials": cfg.tune.max_concurrent_trials,
-        "skipped": skipped, "config": cfg.to_dict(), "code_version": code_version,
+        "skipped": skipped, "config": cfg.to_dict(), "code_version": __version__,
         "started_at": now_iso(), "ended_at": None, "updated_at": now_iso(), "resumed_at": [],
     }
 

@@ -19,7 +19,7 @@ from unet_dist.cli import main
 from unet_dist.collect.ray_snapshot import SNAPSHOT_FILE, referenced
 from unet_dist.runs import CampaignDir, RunDir
 from unet_dist.storage import resolve
-from unet_dist.train.loop import FAULT_ENV
+from unet_dist.train.fault import FAULT_ENV
 
 SMALL = ("data.crop_size=64", "train.warmup_epochs=0", "train.num_to_keep=2", "train.log_images=0",
          "model.base_filters=8", "model.depth=3", "resources.cpus_per_worker=0.5", "resources.torch_threads=1",

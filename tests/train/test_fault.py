@@ -10,7 +10,7 @@ import pytest
 from unet_dist.storage import resolve
 from unet_dist.train import fit
 from unet_dist.runs import EVENTS_FILE, METRICS_FILE
-from unet_dist.train.loop import FAULT_ENV
+from unet_dist.train.fault import FAULT_ENV
 
 EPOCHS = 4
 COMPARED = ("train_loss", "train_iou", "val_loss", "val_iou", "val_mean_iou", "val_dice", "val_pixel_acc", "lr")

@@ -28,6 +28,24 @@ def test_a_finished_run_on_s3_leaves_its_files_record_and_a_checkpoint_that_relo
     check_finished_run(run, record, shared_campaign["dataset"], epochs=2)
 
 
+@pytest.mark.ray
+@pytest.mark.s3
+def test_fit_hands_every_report_to_callbacks_and_every_epoch_to_recorders(shared_campaign) -> None:
+    """The training seam: the shared run's ``fit(callbacks=[ReportLog], recorders=[EpochLog])`` (tests/conftest.py).
+    The controller callback saw each epoch's report with its checkpoint; the recorder ran on both ranks, every
+    epoch, before every step, with rank 0 alone holding the training state; both agree with metrics.jsonl."""
+    run = resolve(f"{shared_campaign['s3']}/{shared_campaign['run']}")
+    rows = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()]
+    seam = shared_campaign["seam"]
+    reports = [json.loads(line) for line in (seam / "reports.jsonl").read_text().splitlines()]
+    assert reports == [{"epoch": r["epoch"], "val_iou": r["val_iou"], "checkpoint": True} for r in rows]
+    for rank in (0, 1):
+        seen = [json.loads(line) for line in (seam / f"rank-{rank}.jsonl").read_text().splitlines()]
+        assert [(e["epoch"], e["val_iou"]) for e in seen] == [(r["epoch"], r["val_iou"]) for r in rows]
+        assert 0 < seen[0]["steps"] < seen[1]["steps"]
+        assert ("model" in seen[0]["state"]) == (rank == 0) and ("optimizer" in seen[0]["state"]) == (rank == 0)
+
+
 def check_finished_run(run, record: dict, dataset: str, epochs: int) -> None:
     """What every finished run leaves: files, record and a best checkpoint that reloads to the same validation."""
     rows = [json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines()]

@@ -14,7 +14,7 @@ from unet_dist.config import load_config
 from unet_dist.storage import resolve
 from unet_dist.runs import METRICS_FILE, RunDir
 from unet_dist.inference.overlay import overlay
-from unet_dist.train.loop import Fault
+from unet_dist.train.fault import Fault
 from unet_dist.train.optim import steps_per_epoch
 from unet_dist.train.trainer import TrainSummary
 

@@ -20,7 +20,7 @@ from tests.guard import marked_pids
 from unet_dist.runs import RunDir
 from unet_dist.storage import resolve
 from unet_dist.train import TrainingFailed, fit
-from unet_dist.train.loop import FAULT_ENV
+from unet_dist.train.fault import FAULT_ENV
 
 COMMON = ("data.crop_size=64", "resources.num_workers=1", "train.warmup_epochs=0")
 

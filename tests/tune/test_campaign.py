@@ -14,7 +14,7 @@ from tests.conftest import CAMPAIGN_EPOCHS
 from unet_dist.errors import ConfigError
 from unet_dist.runs import CampaignDir, RunDir
 from unet_dist.storage import resolve
-from unet_dist.train.loop import FAULT_ENV
+from unet_dist.train.fault import FAULT_ENV
 from unet_dist.tune import run_campaign
 
 EPOCHS = 6

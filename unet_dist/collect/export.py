@@ -85,6 +85,29 @@ class ExportResult:
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "bytes_copied": self.bytes_copied}, default=str)
 
+    def to_table(self) -> Any:
+        """The exported models as a rich table, best first."""
+        from rich.table import Table
+
+        table = Table(title=f"exported to {self.dest} by {self.metric} ({self.mode})")
+        for col in ("#", "model", self.metric, "searched", "status", "size", ""):
+            table.add_column(col, justify="right" if col in ("#", self.metric, "size") else "left")
+        for m in self.models:
+            searched = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in m.params.items())
+            table.add_row(str(m.rank), m.name, "-" if m.value is None else f"{m.value:.4f}", searched, m.status,
+                          human_bytes(m.bytes), "copied" if m.copied else "unchanged")
+        return table
+
+    def summary(self) -> str:
+        copied = sum(m.copied for m in self.models)
+        return (f"champion -> {self.champion}  ({self.dest.rstrip('/')}/champion); {copied} copied "
+                f"({human_bytes(self.bytes_copied)}), {len(self.models) - copied} unchanged")
+
+
+def human_bytes(n: int) -> str:
+    """``12.3 MB`` from 100 kB up, else ``n B``."""
+    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n:,} B"
+
 
 def is_inside(inner: Location, outer: Location) -> bool:
     """Whether ``inner`` is ``outer`` or below it (same scheme and bucket)."""
@@ -92,21 +115,21 @@ def is_inside(inner: Location, outer: Location) -> bool:
     return a == b or a.startswith(b + "/")
 
 
-def ranked(storage: Location, campaigns: Sequence[str] | None = None, storage_cfg: StorageConfig | None = None) -> Leaderboard:
-    """The leaderboard of ``storage`` (not written), limited to ``campaigns`` (campaign or single-run names).
+def ranked(root: Location, campaigns: Sequence[str] | None = None, storage: StorageConfig | None = None) -> Leaderboard:
+    """The leaderboard of the storage root ``root`` (not written), limited to ``campaigns`` (campaign or single-run names).
 
     Raises a one-line UserError for a storage that does not exist or holds no run, and for an unknown name.
     """
-    if not storage.exists():
-        raise StorageError(f"{storage.uri} does not exist: pass the storage that `unet-dist train`/`tune` wrote to")
-    board = collect(storage, storage_cfg=storage_cfg, write=False)
+    if not root.exists():
+        raise StorageError(f"{root.uri} does not exist: pass the storage that `unet-dist train`/`tune` wrote to")
+    board = collect(root, storage=storage, write=False)
     if not board.rows:
-        raise UserError(f"no runs or campaigns under {storage.uri} (expected NAME/run.json or NAME/{CAMPAIGN_RECORD}): "
+        raise UserError(f"no runs or campaigns under {root.uri} (expected NAME/run.json or NAME/{CAMPAIGN_RECORD}): "
                         "pass the storage that `unet-dist train`/`tune` wrote to")
     names = sorted({r["campaign"] or r["trial"] for r in board.rows})
     unknown = sorted(set(campaigns or ()) - set(names))
     if unknown:
-        raise UserError(f"unknown campaign {', '.join(unknown)} in {storage.uri}: it holds {', '.join(names)}")
+        raise UserError(f"unknown campaign {', '.join(unknown)} in {root.uri}: it holds {', '.join(names)}")
     if campaigns:
         rows = [r for r in board.rows if (r["campaign"] or r["trial"]) in set(campaigns)]
         board = Leaderboard(rows, board.metric, board.mode, board.skipped, board.counts, board.uri, board.stats)
@@ -124,26 +147,26 @@ def model_name(row: dict[str, Any]) -> str:
     return f"{base}-{posixpath.basename(row['best_checkpoint'].rstrip('/'))}"
 
 
-def check_dest(dest: Location, storage: Location) -> None:
-    """A model store may not be inside the storage it exports from, nor a run or campaign folder."""
-    if is_inside(dest, storage):
-        raise UserError(f"DEST {dest.uri} is inside STORAGE {storage.uri}: export to a separate model store "
+def check_dest(dest: Location, root: Location) -> None:
+    """A model store may not be inside the storage root it exports from, nor a run or campaign folder."""
+    if is_inside(dest, root):
+        raise UserError(f"DEST {dest.uri} is inside STORAGE {root.uri}: export to a separate model store "
                         "(gc and the leaderboard own everything under STORAGE)")
     for record in (RUN_RECORD, CAMPAIGN_RECORD):
         if (dest / record).exists():
             raise UserError(f"DEST {dest.uri} is a run or campaign folder (it holds {record}): choose a model store folder")
 
 
-def export(storage: str | Location, dest: str | Location, *, top: int = 1, campaigns: Sequence[str] | None = None,
-           storage_cfg: StorageConfig | None = None, on_bytes: Callable[[int, int], None] | None = None) -> ExportResult:
-    """Copy the best ``top`` checkpoints of ``storage`` (ranked by the leaderboard) to the model store ``dest``.
+def export(root: str | Location, dest: str | Location, *, top: int = 1, campaigns: Sequence[str] | None = None,
+           storage: StorageConfig | None = None, on_bytes: Callable[[int, int], None] | None = None) -> ExportResult:
+    """Copy the best ``top`` checkpoints under the storage root ``root`` (ranked by the leaderboard) to the model store ``dest``.
 
     ``on_bytes(done, total)`` follows the copy. Re-exporting the same source is a no-op for its folder.
     """
     if top < 1:
         raise UserError(f"--top must be at least 1 (got {top})")
-    root, store = resolve(storage, storage_cfg), resolve(dest, storage_cfg)
-    board = ranked(root, campaigns, storage_cfg)
+    root, store = resolve(root, storage), resolve(dest, storage)
+    board = ranked(root, campaigns, storage)
     check_dest(store, root)
     rows = [r for r in board.rows if r.get("best_checkpoint") and _rankable(r, board.metric)][:top]
     if not rows:
@@ -338,11 +361,11 @@ def pinned_sources(root: Location) -> dict[str, str]:
     return out
 
 
-def remove_export(storage: str | Location, dest: str | Location, name: str,
-                  storage_cfg: StorageConfig | None = None) -> dict[str, Any]:
+def remove_export(root: str | Location, dest: str | Location, name: str,
+                  storage: StorageConfig | None = None) -> dict[str, Any]:
     """Remove the model ``DEST/NAME`` on purpose: its folder, then (when it names it) the champion alias, then its
     pin in ``STORAGE/exports/`` (last: gc keeps the source until the model is really gone)."""
-    root, store = resolve(storage, storage_cfg), resolve(dest, storage_cfg)
+    root, store = resolve(root, storage), resolve(dest, storage)
     if not name or "/" in name or name in (".", "..", CHAMPION):
         raise UserError(f"--remove takes a model name in {store.uri} (a folder name, not {name!r})")
     folder, pin = store / name, _pin_loc(root, (store / name).uri)

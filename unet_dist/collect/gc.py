@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from unet_dist.collect import ray_snapshot
-from unet_dist.collect.export import pinned_sources, ranked, relative
+from unet_dist.collect.export import human_bytes, pinned_sources, ranked, relative
 from unet_dist.collect.scan import RunFolder, find_runs, list_tree
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
@@ -93,15 +93,47 @@ class GcPlan:
         return json.dumps({**asdict(self), "dry_run": not self.deleted, "bytes_freed": self.bytes_freed,
                            "bytes_kept": self.bytes_kept, "digest": self.digest})
 
+    @property
+    def verb(self) -> str:
+        return "deleted" if self.deleted else "would delete"
 
-def plan(storage: str | Location, *, keep_best: int = DEFAULT_KEEP_BEST, keep_trial_best: bool = True,
+    def to_table(self) -> Any:
+        """The checkpoints deleted (or to delete) with their reasons; a failed deletion is marked NOT DELETED."""
+        from rich.table import Table
+
+        count = len(self.removed) if self.deleted else len(self.delete)
+        table = Table(title=f"{self.verb} {count} checkpoints under {self.storage}")
+        for col in ("run", "checkpoint", "size", "why"):
+            table.add_column(col, justify="right" if col == "size" else "left")
+        failed = {f["uri"] for f in self.failed}
+        for item in self.delete:
+            why = f"NOT DELETED ({item.reason})" if item.uri in failed else item.reason
+            table.add_row(item.run, item.uri.rsplit("/", 1)[-1], human_bytes(item.bytes), why)
+        return table
+
+    def summary_lines(self, plan_file: str | None) -> list[str]:
+        """What was (or would be) freed and kept, the digest, failures, and on a dry run how to go on."""
+        count = len(self.removed) if self.deleted else len(self.delete)
+        kept = ", ".join(f"{n} {why}" for why, n in Counter(i.reason.split(" to ")[0] for i in self.keep).most_common())
+        lines = [f"{self.verb} {count} checkpoints, {human_bytes(self.bytes_freed)} freed; kept {len(self.keep)} "
+                 f"({human_bytes(self.bytes_kept)}: {kept or 'none'}); plan digest {self.digest}"]
+        if self.failed:
+            lines.append(f"{len(self.failed)} checkpoints could not be deleted (named above)")
+        if not self.deleted and self.delete:
+            then = (f"plan written to {plan_file}; `unet-dist gc {self.storage} --yes --plan {plan_file}` deletes "
+                    "exactly it (or refuses if storage changed)") if plan_file else "run again with --yes to delete these"
+            lines.append(f"dry run: nothing was deleted; {then}")
+        return lines
+
+
+def plan(root: str | Location, *, keep_best: int = DEFAULT_KEEP_BEST, keep_trial_best: bool = True,
          keep_latest: bool = True, campaigns: Sequence[str] | None = None,
-         storage_cfg: StorageConfig | None = None) -> GcPlan:
+         storage: StorageConfig | None = None) -> GcPlan:
     """Decide, for every checkpoint folder of the selected runs, whether it is kept (and why) or deleted (and why)."""
     if keep_best < 0:
         raise UserError(f"--keep-best must be 0 or more (got {keep_best})")
-    root = resolve(storage, storage_cfg)
-    board = ranked(root, campaigns, storage_cfg)
+    root = resolve(root, storage)
+    board = ranked(root, campaigns, storage)
     listing = list_tree(root)
     folders, _ = find_runs(listing)
     by_uri = {root.join(f.key).uri: f for f in folders}
@@ -130,11 +162,11 @@ def plan(storage: str | Location, *, keep_best: int = DEFAULT_KEEP_BEST, keep_tr
     return out
 
 
-def collect_garbage(gc_plan: GcPlan, storage_cfg: StorageConfig | None = None,
+def collect_garbage(gc_plan: GcPlan, storage: StorageConfig | None = None,
                     on_item: Callable[[Item], None] | None = None, purge_versions: bool = False) -> GcPlan:
     """Delete every folder in ``gc_plan.delete`` (nothing else), run by run: first the run's Ray snapshot is
     rewritten without them, then each folder is removed and checked. ``on_item`` is called after each one."""
-    root = resolve(gc_plan.storage, storage_cfg)
+    root = resolve(gc_plan.storage, storage)
     by_run: dict[str, list[Item]] = {}
     for item in gc_plan.delete:
         by_run.setdefault(item.uri.rsplit("/", 1)[0], []).append(item)
@@ -187,15 +219,15 @@ def write_plan(gc_plan: GcPlan, path: str) -> None:
     Path(path).write_text(gc_plan.to_json() + "\n")
 
 
-def verified_plan(storage: str | Location, path: str, storage_cfg: StorageConfig | None = None) -> GcPlan:
-    """The plan saved in ``path``, once a fresh plan of ``storage`` (same policy) still deletes each of its folders
+def verified_plan(root: str | Location, path: str, storage: StorageConfig | None = None) -> GcPlan:
+    """The plan saved in ``path``, once a fresh plan of the storage root ``root`` (same policy) still deletes each of its folders
     with the same size; else a one-line UserError (nothing is deleted). New garbage is left for the next plan."""
     saved = _read_plan(path)
-    root = resolve(storage, storage_cfg)
+    root = resolve(root, storage)
     if root.uri != saved.storage:
         raise UserError(f"the plan in {path} is for {saved.storage}, not {root.uri}")
     policy = {k: saved.policy[k] for k in ("keep_best", "keep_trial_best", "keep_latest")}
-    fresh = plan(root, **policy, campaigns=saved.policy.get("campaigns") or None, storage_cfg=storage_cfg)
+    fresh = plan(root, **policy, campaigns=saved.policy.get("campaigns") or None, storage=storage)
     now = {i.uri: i for i in fresh.delete}
     changed = [i for i in saved.delete if (now.get(i.uri) is None or (now[i.uri].bytes, now[i.uri].complete)
                                            != (i.bytes, i.complete))]

@@ -238,7 +238,7 @@ def to_arrow(rows: Sequence[dict[str, Any]]) -> Any:
     return pa.table(arrays)
 
 
-def collect(storage: str | Location, *, storage_cfg: StorageConfig | None = None, campaigns: Sequence[str] | None = None,
+def collect(root: str | Location, *, storage: StorageConfig | None = None, campaigns: Sequence[str] | None = None,
             statuses: Sequence[str] | None = None, write: bool = True, metric: str | None = None, mode: str | None = None,
             progress: Callable[[int, int], None] | None = None) -> Leaderboard:
     """Collect every run and trial under ``storage`` into a :class:`Leaderboard` (and write it unless ``write=False``).
@@ -251,7 +251,7 @@ def collect(storage: str | Location, *, storage_cfg: StorageConfig | None = None
     if unknown:
         raise UserError(f"unknown status {', '.join(unknown)}: choose from {', '.join(STATUSES)}")
     start = time.perf_counter()
-    root = resolve(storage, storage_cfg)
+    root = resolve(root, storage)
     listing = list_tree(root)
     runs, skipped_rel = find_runs(listing)
     old, index_sig = _read_index(root, listing)

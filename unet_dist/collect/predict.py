@@ -60,6 +60,17 @@ class PredictSummary:
         data.pop("masks")
         return json.dumps(data)
 
+    def headline(self) -> str:
+        values = ", ".join(f"{name} {value}" for name, value in self.mask_values.items())
+        return f"[green]wrote {self.predicted} masks[/] to [bold]{self.out}[/] ({values})"
+
+    def fields(self) -> list[tuple[str, Any]]:
+        """``(label, value)`` lines: overlays, tiling, speed, duration."""
+        return [("overlays", self.overlays or "-"),
+                ("tiles", f"{self.tiles} of {self.tile} px, overlap {self.overlap:g}{', flip TTA' if self.tta else ''}"),
+                ("images/s", f"{self.predicted / max(self.duration_s, 1e-9):.2f} on {self.device}{' (Ray)' if self.ray else ''}"),
+                ("duration_s", f"{self.duration_s:.1f}")]
+
 
 def predict_file(model: LoadedModel, src: Location, rel: str, out: Location, tiling: Tiling,
                  overlay: bool) -> dict[str, Any]:

@@ -37,29 +37,29 @@ class Published:
             "report": self.report, "report_of": self.report_of}, default=str)
 
 
-def best_subject(board: Leaderboard, storage: str, storage_cfg: StorageConfig | None = None) -> str | None:
+def best_subject(board: Leaderboard, root: str, storage: StorageConfig | None = None) -> str | None:
     """The folder of the campaign (or single run) that holds the leaderboard's best row."""
     if not board.rows:
         return None
     top = board.rows[0]
-    return (resolve(storage, storage_cfg) / (top["campaign"] or top["trial"])).uri
+    return (resolve(root, storage) / (top["campaign"] or top["trial"])).uri
 
 
-def publish(storage: str, *, storage_cfg: StorageConfig | None = None, export_to: str | None = None, top: int = 3,
+def publish(root: str, *, storage: StorageConfig | None = None, export_to: str | None = None, top: int = 3,
             report_to: str | None = None, report: bool = True, campaigns: Sequence[str] | None = None,
             progress: bool = False) -> Published:
     """Write the leaderboard, export the best ``top`` checkpoints to ``export_to`` and render the best one's report."""
     from unet_dist.collect.report import write_report
 
-    board = collect(storage, storage_cfg=storage_cfg, campaigns=campaigns)
+    board = collect(root, storage=storage, campaigns=campaigns)
     if not board.rows:
-        raise UserError(f"no runs or campaigns under {storage}: nothing to collect ({board.summary()})")
-    exported = export(storage, export_to, top=top, campaigns=campaigns, storage_cfg=storage_cfg) if export_to else None
-    subject = best_subject(board, storage, storage_cfg) if report else None
+        raise UserError(f"no runs or campaigns under {root}: nothing to collect ({board.summary()})")
+    exported = export(root, export_to, top=top, campaigns=campaigns, storage=storage) if export_to else None
+    subject = best_subject(board, root, storage) if report else None
     out = None
     if subject:
-        out = report_to or (resolve(storage, storage_cfg) / REPORTS_DIR / f"{resolve(subject, storage_cfg).name}.html").uri
-        write_report(subject, out, storage=storage_cfg, progress=progress)
+        out = report_to or (resolve(root, storage) / REPORTS_DIR / f"{resolve(subject, storage).name}.html").uri
+        write_report(subject, out, storage=storage, progress=progress)
     return Published(board, exported, out, subject)
 
 

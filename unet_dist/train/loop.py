@@ -1,15 +1,14 @@
 """The per-worker training loop run by Ray Train (``train_loop_per_worker``), in parts.
 
 :class:`~unet_dist.train.state.TrainState` holds what a worker trains (with save and resume); the epoch
-phases here (:func:`train_epoch`, :func:`validate`, :func:`epoch_row`) compute; rank 0's
-:class:`~unet_dist.train.recorder.Recorder` writes the run files. Each worker resumes from the newest
+phases here (:func:`train_epoch`, :func:`validate`, :func:`epoch_row`) compute; the worker's recorders
+(:mod:`unet_dist.train.recorder`, built from the loop config's specs) write the run files. Each worker resumes from the newest
 complete checkpoint, and per epoch trains, validates, all-reduces metrics and reports.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import posixpath
 import random
 import shutil
@@ -21,20 +20,16 @@ import numpy as np
 import torch
 
 from unet_dist.config import Config
-from unet_dist.errors import DataError
 from unet_dist.inference.metrics import EpochMeter
 from unet_dist.inference.validate import validate
 from unet_dist.losses import remap_ignore
 from unet_dist.runs import RunDir, checkpoint_dir_name, checkpoint_epoch, is_complete, reported_metrics
 from unet_dist.session import quiet_ray_logs
-from unet_dist.storage import Location, resolve
+from unet_dist.storage import resolve
 from unet_dist.train import collectives
 from unet_dist.train.optim import seek_epoch, seek_fraction, steps_per_epoch
-from unet_dist.train.recorder import NullRecorder, Recorder
+from unet_dist.train.recorder import Recorders, WorkerContext
 from unet_dist.train.state import TrainState
-
-FAULT_ENV = "UNET_DIST_FAULT"
-
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
@@ -46,48 +41,6 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The data-order and augmentation seed of one epoch: the same on every attempt."""
     return seed * 1_000_003 + epoch
-
-
-@dataclass(frozen=True)
-class Fault:
-    """Test-only hook: ``UNET_DIST_FAULT="rank=1,epoch=2,step=1"`` kills that worker once;
-    ``...,raise=TEXT`` raises ``RuntimeError(TEXT)`` there instead (every time: a deterministic bug), and
-    ``...,raise=TEXT,kind=data`` a DataError (a user error, which is not retried); ``...,if=model.unpooling:bilinear``
-    arms it only in runs whose config has that value (one trial of a campaign)."""
-
-    rank: int
-    epoch: int
-    step: int
-    message: str | None = None
-    kind: str = "runtime"
-    only_if: str | None = None
-
-    @classmethod
-    def parse(cls, text: str | None, cfg: Config | None = None) -> "Fault | None":
-        if not text:
-            return None
-        kv = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
-        fault = cls(int(kv.get("rank", 0)), int(kv.get("epoch", 0)), int(kv.get("step", 0)), kv.get("raise"),
-                    kv.get("kind", "runtime"), kv.get("if"))
-        return fault if cfg is None or fault.armed(cfg) else None
-
-    def armed(self, cfg: Config) -> bool:
-        if not self.only_if:
-            return True
-        key, _, value = self.only_if.partition(":")
-        section, _, field = key.partition(".")
-        return str(getattr(getattr(cfg, section), field)) == value
-
-    def maybe_die(self, run: Location, rank: int, epoch: int, step: int) -> None:
-        if (rank, epoch, step) != (self.rank, self.epoch, self.step):
-            return
-        if self.message is not None:
-            raise (DataError if self.kind == "data" else RuntimeError)(self.message)
-        marker = run / f".fault-r{rank}-e{epoch}-s{step}"
-        if marker.exists():
-            return
-        marker.write_text("fired")
-        os._exit(1)
 
 
 class SyncedBatches:
@@ -164,7 +117,6 @@ class Worker:
     world: int
     device: torch.device
     run: RunDir
-    fault: Fault | None
     class_names: list[str] | None
 
     @property
@@ -174,7 +126,7 @@ class Worker:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: cfg (Config), spec (PipelineSpec), run_uri, train_rows, extra_state
-    (fingerprint, class_names, inference: what rank 0 adds to each checkpoint), fault."""
+    (fingerprint, class_names, inference: what rank 0 adds to each checkpoint), recorders (recorder specs)."""
     import ray.train
     import ray.train.torch
 
@@ -183,14 +135,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(int(cfg.resources.torch_threads or max(1, round(cfg.resources.cpus_per_worker))))
     extra = config.get("extra_state") or {}
     w = Worker(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
-               RunDir(resolve(config["run_uri"], cfg.storage)), Fault.parse(config.get("fault"), cfg), extra.get("class_names"))
+               RunDir(resolve(config["run_uri"], cfg.storage)), extra.get("class_names"))
     quiet_ray_logs()
     seed_everything(cfg.train.seed)
     spe = steps_per_epoch(config["train_rows"] * config["spec"].num_crops_per_image, cfg, w.world)
     resume = _agree(resume_source(w.run, cfg) if w.rank == 0 else None, w.distributed)
     state = TrainState.build(cfg, w.device, spe, resume)
     nodes = _worker_nodes(w.distributed)
-    recorder = Recorder(w.run, cfg, extra, spe) if w.rank == 0 else NullRecorder()
+    recorder = Recorders.build(config["recorders"], WorkerContext(w.rank, w.world, w.run, cfg, extra, spe))
     recorder.on_start(start_epoch=state.start_epoch, resumed_from=state.resumed_from, full_state=state.full_state,
                       world_size=w.world, nodes=nodes,
                       backend=collectives.group_backend())
@@ -201,7 +153,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     recorder.close()
 
 
-def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any], spec: Any, recorder: NullRecorder,
+def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any], spec: Any, recorder: Recorders,
               epoch: int, spe: int) -> bool:
     """Train, validate, record and report one epoch; True when the time budget ended it."""
     import ray.train
@@ -223,13 +175,13 @@ def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any]
                             n_images=cfg.train.log_images if w.rank == 0 else 0, reduce=collectives.all_reduce_sum)
     row = {**epoch_row(epoch, state.lr, train_m, val_m, train_time, time.perf_counter() - t0, w.world),
            "train_time_s": state.train_time_s}
-    local = recorder.on_epoch_end(row, shown, state.snapshot(epoch)) if w.rank == 0 else None
+    local = recorder.on_epoch_end(row, shown, state.snapshot(epoch) if w.rank == 0 else {})  # rank 0 checkpoints
     checkpoint = Checkpoint.from_directory(local) if local else None
     ray.train.report(ray_metrics(cfg, row), checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch),
                      checkpoint_upload_fn=recorder.upload_checkpoint if local else None)
     if local:
         shutil.rmtree(local, ignore_errors=True)
-        recorder.after_report()
+    recorder.after_report()
     return out_of_time
 
 
@@ -241,7 +193,7 @@ def ray_metrics(cfg: Config, row: dict[str, Any]) -> dict[str, Any]:
     return {**reported_metrics(row, watched), "epochs_done": row["epoch"] + 1}
 
 
-def train_epoch(w: Worker, cfg: Config, state: TrainState, shard: Any, spec: Any, recorder: NullRecorder,
+def train_epoch(w: Worker, cfg: Config, state: TrainState, shard: Any, spec: Any, recorder: Recorders,
                 epoch: int, spe: int, t0: float) -> tuple[dict[str, Any], bool]:
     """One pass over this worker's training shard, every rank taking the same number of steps; its metrics, and
     whether ``train.time_budget_s`` ended it (checked before every step, so it ends within one step of the budget)."""
@@ -268,8 +220,7 @@ def train_epoch(w: Worker, cfg: Config, state: TrainState, shard: Any, spec: Any
     if budget is not None:
         seek_fraction(state.scheduler, used() / budget, tcfg)
     for step, batch in enumerate(batches):
-        if w.fault is not None:
-            w.fault.maybe_die(w.run.loc, w.rank, epoch, step)
+        recorder.before_step(epoch, step)
         micro += 1
         logits, y, loss = _forward_backward(w, state, batch, tcfg, sync=micro % tcfg.accumulate == 0)
         if micro % tcfg.accumulate == 0:

@@ -1,9 +1,12 @@
-"""Rank 0's recorder: everything a run writes to storage besides Ray's own checkpoint bookkeeping.
+"""What each worker's loop calls as it trains: its recorders, grouped by hook as Ray Train groups its callbacks.
 
-Grouped by hook, as Ray Train groups its callbacks: :meth:`Recorder.on_start` (events, progress),
-:meth:`Recorder.on_step` (progress for live views), :meth:`Recorder.on_epoch_end` (metrics, events,
-TensorBoard, the run record and the checkpoint folder) and :meth:`Recorder.close`. Other ranks get a
-:class:`NullRecorder` with the same hooks.
+A recorder spec is any picklable object with ``create(ctx) -> WorkerRecorder | None`` (a recorder class's
+``create`` classmethod, or an instance); every worker builds its recorders from the specs in its loop config, so
+``fit(cfg, recorders=[...])`` adds one without touching the loop. Every run has the run record
+(:class:`RunRecorder`: metrics, events, progress, run.json and the checkpoint folder), TensorBoard
+(:class:`TensorBoardRecorder`) and, in tests, the fault hook (:mod:`unet_dist.train.fault`). Hooks:
+:meth:`~WorkerRecorder.on_start`, :meth:`~WorkerRecorder.before_step`, :meth:`~WorkerRecorder.on_step`,
+:meth:`~WorkerRecorder.on_epoch_end`, :meth:`~WorkerRecorder.after_report`, :meth:`~WorkerRecorder.close`.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import posixpath
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Protocol, Sequence
 
 import torch
 
@@ -25,31 +29,103 @@ from unet_dist.storage import Location
 from unet_dist import checkpoint as ckpt
 
 
-class NullRecorder:
-    """The recorder of ranks other than 0: every hook does nothing."""
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a recorder knows of its worker: rank and world size, the run, its config, what rank 0 adds to each
+    checkpoint (fingerprint, class names, inference block) and the steps of one epoch."""
 
-    def on_start(self, **event: Any) -> None: ...
+    rank: int
+    world: int
+    run: RunDir
+    cfg: Config
+    extra_state: dict[str, Any]
+    steps_per_epoch: int
 
-    def on_step(self, **fields: Any) -> None: ...
+
+class WorkerRecorder:
+    """A recorder's hooks; each does nothing unless overridden."""
+
+    @classmethod
+    def create(cls, ctx: WorkerContext) -> "WorkerRecorder | None":
+        """This recorder on ``ctx``'s worker, or None where it does not run (here: rank 0 only)."""
+        return cls(ctx) if ctx.rank == 0 else None  # type: ignore[call-arg]
+
+    def on_start(self, **event: Any) -> None:
+        """Once, before the first epoch: start_epoch, resumed_from, full_state, world_size, nodes, backend."""
+
+    def before_step(self, epoch: int, step: int) -> None:
+        """Before every training step."""
+
+    def on_step(self, **fields: Any) -> None:
+        """Every ``train.progress_every`` steps: epoch, step, loss, lr, images_per_s."""
 
     def on_epoch_end(self, row: dict[str, Any], shown: list[torch.Tensor], state: dict[str, Any]) -> str | None:
+        """The epoch's metrics row, overlays and training state (rank 0's; empty on other ranks); a recorder that
+        writes the epoch's checkpoint returns its local folder (for ``ray.train.report``) and implements
+        ``upload_checkpoint``."""
         return None
 
-    def after_report(self) -> None: ...
+    def after_report(self) -> None:
+        """After the epoch's ``ray.train.report`` (with its checkpoint, if any, on storage)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """After the last epoch."""
 
 
-class Recorder(NullRecorder):
-    """Writes metrics.jsonl, events.jsonl, progress.json, TensorBoard, run.json and checkpoint folders."""
+class RecorderSpec(Protocol):
+    def create(self, ctx: WorkerContext) -> WorkerRecorder | None: ...
 
-    def __init__(self, run: RunDir, cfg: Config, extra_state: dict[str, Any], steps_per_epoch: int) -> None:
-        from torch.utils.tensorboard import SummaryWriter
 
-        self.run, self.cfg, self.extra_state, self.steps_per_epoch = run, cfg, extra_state, steps_per_epoch
-        self._tb_dir = Path(tempfile.mkdtemp(prefix="unet-tb-"))
-        self._writer = SummaryWriter(str(self._tb_dir))
-        self._uploaded: dict[Path, int] = {}
+class Recorders(WorkerRecorder):
+    """A worker's recorders as one: each hook calls every recorder in order."""
+
+    def __init__(self, recorders: Iterable[WorkerRecorder]) -> None:
+        self.recorders = list(recorders)
+        self._checkpointer: WorkerRecorder | None = None
+
+    @classmethod
+    def build(cls, specs: Sequence[RecorderSpec], ctx: WorkerContext) -> "Recorders":
+        return cls(r for spec in specs if (r := spec.create(ctx)) is not None)
+
+    def on_start(self, **event: Any) -> None:
+        for r in self.recorders:
+            r.on_start(**event)
+
+    def before_step(self, epoch: int, step: int) -> None:
+        for r in self.recorders:
+            r.before_step(epoch, step)
+
+    def on_step(self, **fields: Any) -> None:
+        for r in self.recorders:
+            r.on_step(**fields)
+
+    def on_epoch_end(self, row: dict[str, Any], shown: list[torch.Tensor], state: dict[str, Any]) -> str | None:
+        """Every recorder's hook; the checkpoint folder is the first one a recorder returned."""
+        folder, self._checkpointer = None, None
+        for r in self.recorders:
+            local = r.on_epoch_end(row, shown, state)
+            if local is not None and folder is None:
+                folder, self._checkpointer = local, r
+        return folder
+
+    def upload_checkpoint(self, checkpoint: Any, dir_name: str) -> Any:
+        assert self._checkpointer is not None, "upload_checkpoint without a checkpoint folder"
+        return self._checkpointer.upload_checkpoint(checkpoint, dir_name)  # type: ignore[attr-defined]
+
+    def after_report(self) -> None:
+        for r in self.recorders:
+            r.after_report()
+
+    def close(self) -> None:
+        for r in self.recorders:
+            r.close()
+
+
+class RunRecorder(WorkerRecorder):
+    """Rank 0: metrics.jsonl, events.jsonl, progress.json, run.json and the checkpoint folders."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.run, self.cfg, self.extra_state, self.steps_per_epoch = ctx.run, ctx.cfg, ctx.extra_state, ctx.steps_per_epoch
 
     def on_start(self, **event: Any) -> None:
         self.run.truncate_metrics(event["start_epoch"])
@@ -62,8 +138,6 @@ class Recorder(NullRecorder):
     def on_epoch_end(self, row: dict[str, Any], shown: list[torch.Tensor], state: dict[str, Any]) -> str | None:
         """Record one epoch; returns a local checkpoint folder for ``ray.train.report`` (the caller removes it)."""
         epoch = row["epoch"]
-        log_tensorboard(self._writer, row, shown, epoch)
-        upload_dir(self._tb_dir, self.run.loc / TENSORBOARD_DIR, self._uploaded)
         self.run.append(METRICS_FILE, row)
         self.run.append(EVENTS_FILE, {"event": "epoch_end", "epoch": epoch, "time": time.time(), "world_size": row["world_size"]})
         self.run.progress(epoch=epoch, step=self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch, phase="epoch_end",
@@ -98,9 +172,27 @@ class Recorder(NullRecorder):
         rows = self.run.metrics()
         self.run.update_record(**progress_fields(rows, self.run.best(self.cfg.train.monitor, self.cfg.train.monitor_mode, rows)))
 
+
+class TensorBoardRecorder(WorkerRecorder):
+    """Rank 0: scalars, per-class IoU and overlays in TensorBoard event files, copied to the run's ``tensorboard/``
+    after every epoch."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.dest = ctx.run.loc / TENSORBOARD_DIR
+        self._tb_dir = Path(tempfile.mkdtemp(prefix="unet-tb-"))
+        self._writer = SummaryWriter(str(self._tb_dir))
+        self._uploaded: dict[Path, int] = {}
+
+    def on_epoch_end(self, row: dict[str, Any], shown: list[torch.Tensor], state: dict[str, Any]) -> str | None:
+        log_tensorboard(self._writer, row, shown, row["epoch"])
+        upload_dir(self._tb_dir, self.dest, self._uploaded)
+        return None
+
     def close(self) -> None:
         self._writer.close()
-        upload_dir(self._tb_dir, self.run.loc / TENSORBOARD_DIR, self._uploaded)
+        upload_dir(self._tb_dir, self.dest, self._uploaded)
         shutil.rmtree(self._tb_dir, ignore_errors=True)
 
 

@@ -24,7 +24,9 @@ from unet_dist.session import GpuDecision, decide_gpu, ray_session
 from unet_dist.storage import Location, check_writable, public_config, ray_storage, resolve
 from unet_dist.train import collectives
 from unet_dist.train.live import LiveView
-from unet_dist.train.loop import FAULT_ENV, train_loop_per_worker
+from unet_dist.train.fault import Fault
+from unet_dist.train.loop import train_loop_per_worker
+from unet_dist.train.recorder import RecorderSpec, RunRecorder, TensorBoardRecorder
 
 
 class TrainingFailed(UserError):
@@ -137,9 +139,24 @@ def prepare_data(cfg: Config, manifest: dict[str, Any], datasets: dict[str, Any]
     return PreparedData(manifest, datasets, spec, rows)
 
 
-def loop_config(cfg: Config, run: Location, data: PreparedData) -> dict[str, Any]:
+def shared_datasets(cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The Ray Datasets of ``manifest``'s splits, built once for many runs (a campaign's trials) and handed to
+    :func:`prepare_data` of each."""
+    from unet_dist.data.pipeline import build_datasets
+
+    return build_datasets(cfg.data, cfg.storage, cfg.model.in_channels, manifest)
+
+
+def default_recorders(extra: Sequence[RecorderSpec] = ()) -> list[RecorderSpec]:
+    """The worker recorders of every run: the run record, TensorBoard, ``extra``, and the test-only fault hook when
+    ``UNET_DIST_FAULT`` is set here, on the driver (workers need not share its environment)."""
+    fault = Fault.from_env()
+    return [RunRecorder, TensorBoardRecorder, *extra, *([fault] if fault else [])]
+
+
+def loop_config(cfg: Config, run: Location, data: PreparedData, recorders: Sequence[RecorderSpec]) -> dict[str, Any]:
     """What every worker receives: the config without credentials (workers read them from their environment,
-    :func:`~unet_dist.session.with_credentials`), data spec, run."""
+    :func:`~unet_dist.session.with_credentials`), data spec, run, recorder specs."""
     manifest = data.manifest
     class_names = list(manifest.get("class_names") or cfg.ingest.class_names)
     return {
@@ -152,8 +169,13 @@ def loop_config(cfg: Config, run: Location, data: PreparedData) -> dict[str, Any
             "class_names": class_names,
             "inference": inference_block(cfg, data.spec, class_names, manifest),
         },
-        "fault": os.environ.get(FAULT_ENV),
+        "recorders": list(recorders),
     }
+
+
+def dataset_ref(manifest: dict[str, Any]) -> dict[str, Any]:
+    """How a run record names its dataset: URI and fingerprint."""
+    return {"uri": manifest.get("uri"), "fingerprint": manifest.get("fingerprint")}
 
 
 def inference_block(cfg: Config, spec: Any, class_names: list[str], manifest: dict[str, Any]) -> dict[str, Any]:
@@ -193,9 +215,11 @@ def stop_on_user_errors() -> Any:
     return StopOnUserErrors()
 
 
-def build_trainer(cfg: Config, run: Location, *, callbacks: Sequence[Any] = (), datasets: PreparedData | None = None,
-                  gpu: GpuDecision | None = None) -> Any:
-    """The ``TorchTrainer`` for one run at ``run`` (needs a connected Ray); ``datasets`` shares prepared data."""
+def build_trainer(cfg: Config, run: Location, *, callbacks: Sequence[Any] = (), recorders: Sequence[RecorderSpec] | None = None,
+                  datasets: PreparedData | None = None, gpu: GpuDecision | None = None) -> Any:
+    """The ``TorchTrainer`` for one run at ``run`` (needs a connected Ray). ``callbacks``: Ray Train
+    ``UserCallback``s (they run in Ray Train's controller); ``recorders``: the workers' recorder specs (default
+    :func:`default_recorders`); ``datasets`` shares prepared data."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -209,7 +233,7 @@ def build_trainer(cfg: Config, run: Location, *, callbacks: Sequence[Any] = (), 
     storage_path, storage_fs = ray_storage(run.parent)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(cfg, run, data),
+        train_loop_config=loop_config(cfg, run, data, default_recorders() if recorders is None else recorders),
         torch_config=TorchConfig(backend=collectives.backend(gpu.use_gpu)),
         scaling_config=ScalingConfig(num_workers=cfg.resources.num_workers, use_gpu=gpu.use_gpu, resources_per_worker=resources,
                                      placement_strategy=cfg.resources.placement_strategy),
@@ -227,14 +251,13 @@ def build_trainer(cfg: Config, run: Location, *, callbacks: Sequence[Any] = (), 
     )
 
 
-def code_version() -> str:
-    import unet_dist
+def fit(cfg: Config, *, callbacks: Sequence[Any] = (), recorders: Sequence[RecorderSpec] = (), console: Any = None,
+        progress: bool = True, verbose: bool = False) -> TrainSummary:
+    """Train ``cfg.model`` on ``cfg.data`` with Ray Train; returns a :class:`TrainSummary`.
 
-    return unet_dist.__version__
-
-
-def fit(cfg: Config, *, console: Any = None, progress: bool = True, verbose: bool = False) -> TrainSummary:
-    """Train ``cfg.model`` on ``cfg.data`` with Ray Train; returns a :class:`TrainSummary`."""
+    ``callbacks``: Ray Train ``UserCallback``s for the driver side (``after_report`` with every epoch's metrics,
+    ``after_exception``), e.g. an experiment tracker; ``recorders``: worker recorder specs added to the run record
+    and TensorBoard (:mod:`unet_dist.train.recorder`)."""
     from rich.console import Console
 
     t_start = time.time()
@@ -248,16 +271,14 @@ def fit(cfg: Config, *, console: Any = None, progress: bool = True, verbose: boo
         data = prepare_data(cfg, manifest)
         gpu = decide_gpu(cfg)
         console.print(f"[dim]{gpu.reason}[/]", highlight=False, soft_wrap=True)
-        trainer = build_trainer(cfg, run.loc, datasets=data, gpu=gpu)
+        trainer = build_trainer(cfg, run.loc, callbacks=callbacks, recorders=default_recorders(recorders), datasets=data, gpu=gpu)
         _start_record(run, cfg, name, manifest, gpu)
         _run(trainer, run, cfg, name, console if progress else None)
     return summarize(run, cfg, gpu.use_gpu, time.time() - t_start)
 
 
 def _start_record(run: RunDir, cfg: Config, name: str, manifest: dict[str, Any], gpu: GpuDecision) -> None:
-    record = new_record(cfg, name, run.uri, {"uri": manifest.get("uri"), "fingerprint": manifest.get("fingerprint")},
-                        code_version())
-    start_record(run, {**record, "use_gpu": gpu.use_gpu, "gpu_reason": gpu.reason})
+    start_record(run, new_record(cfg, name, run.uri, dataset_ref(manifest), use_gpu=gpu.use_gpu, gpu_reason=gpu.reason))
 
 
 def _run(trainer: Any, run: RunDir, cfg: Config, name: str, console: Any) -> None:
@@ -368,5 +389,5 @@ def summarize(run: RunDir, cfg: Config, use_gpu: bool, duration: float) -> Train
     )
 
 
-__all__ = ["fit", "build_trainer", "preflight", "prepare_data", "TrainSummary", "TrainingFailed", "RunInterrupted",
-           "new_run_name", "check_dataset"]
+__all__ = ["fit", "build_trainer", "preflight", "prepare_data", "shared_datasets", "default_recorders", "TrainSummary",
+           "TrainingFailed", "RunInterrupted", "new_run_name", "check_dataset", "dataset_ref"]

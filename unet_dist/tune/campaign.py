@@ -17,7 +17,7 @@ from unet_dist.config import Config
 from unet_dist.errors import ConfigError, UserError
 from unet_dist.runs import TUNE_STATE_DIR, CampaignDir, finish_record, new_campaign_record, now_iso, start_record
 from unet_dist.storage import public_config, ray_storage, resolve
-from unet_dist.train.live import LiveTable
+from unet_dist.train import LiveTable
 from unet_dist.tune.schedulers import SCHEDULERS, SEARCHERS
 from unet_dist.tune.space import CheckedSpace, check_space
 
@@ -91,7 +91,7 @@ def run_campaign(cfg: Config, *, resume: bool = False, console: Any = None, prog
     """Run (or, with ``resume``, continue) the campaign ``cfg.tune`` over ``cfg``; returns its summary."""
     from rich.console import Console
 
-    from unet_dist.train.trainer import code_version, preflight
+    from unet_dist.train import preflight
 
     t0 = time.time()
     console = console or Console(stderr=True)
@@ -99,23 +99,21 @@ def run_campaign(cfg: Config, *, resume: bool = False, console: Any = None, prog
     manifest = preflight(cfg)
     for point in checked.skipped:
         console.print(f"[yellow]skipped impossible grid point[/] {point['params']}: {point['reason']}", highlight=False)
-    start_record(campaign, new_campaign_record(cfg, cfg.tune.name, campaign.uri, cfg.tune.search_space, checked.skipped,
-                                               code_version()))
+    start_record(campaign, new_campaign_record(cfg, cfg.tune.name, campaign.uri, cfg.tune.search_space, checked.skipped))
     _tune(cfg, checked, campaign, searcher, manifest, resume, console if progress else None, verbose)
     return summarize(campaign, cfg, time.time() - t0)
 
 
 def _tune(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: Any, manifest: dict[str, Any], resume: bool,
           console: Any, verbose: bool) -> None:
-    from unet_dist.data.pipeline import build_datasets
     from unet_dist.session import decide_gpu, ray_session
-    from unet_dist.train.trainer import fit_off_main_thread
+    from unet_dist.train import fit_off_main_thread, shared_datasets
 
     with ray_session(cfg, verbose=verbose):
         gpu = decide_gpu(cfg)
         if console is not None:
             console.print(f"[dim]{gpu.reason}[/]", highlight=False, soft_wrap=True)
-        datasets = build_datasets(cfg.data, cfg.storage, cfg.model.in_channels, manifest)
+        datasets = shared_datasets(cfg, manifest)
         tuner = _tuner(cfg, checked, campaign, searcher, manifest, gpu, datasets, resume)
         view = CampaignView(campaign, cfg, console) if console is not None else None
         try:
@@ -137,7 +135,7 @@ def _tune(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: A
 def close_after_tune(campaign: CampaignDir, grid: Any) -> None:
     """Trials Tune ended without their own last word: ``error`` where Tune saw an exception, else ``early_stopped``
     (a trial the scheduler stops never returns to write its record). Then every trial's hparams for TensorBoard."""
-    from unet_dist.train.recorder import write_hparams
+    from unet_dist.train import write_hparams
 
     errors = {_trial_id(r): r.error for r in grid if r.error is not None}
     for trial_id, run in campaign.trials().items():
@@ -163,7 +161,7 @@ def _trial_id(result: Any) -> str:
 
 
 def _one_line(err: BaseException) -> str:
-    from unet_dist.train.trainer import failure_cause
+    from unet_dist.train import failure_cause
 
     return failure_cause(err)
 
@@ -174,15 +172,14 @@ def _tuner(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: 
 
     import os
 
-    from unet_dist.train.loop import FAULT_ENV
-    from unet_dist.train.trainer import code_version
+    from unet_dist.train import default_recorders
     from unet_dist.tune.trial import trial_main
 
     public = public_config(cfg)  # no credentials in anything Tune pickles (tuner.pkl) or serialises
     trainable = tune.with_resources(
         tune.with_parameters(trial_main, base=public,
                              campaign_uri=campaign.uri, manifest=manifest, gpu=gpu,
-                             datasets=datasets, code_version=code_version(), fault=os.environ.get(FAULT_ENV)),
+                             datasets=datasets, recorders=default_recorders()),
         {"CPU": cfg.tune.trial_cpus})
     storage_path, storage_fs = ray_storage(campaign.loc)
     state = f"{storage_path}/{TUNE_STATE_DIR}"
@@ -253,7 +250,7 @@ def trials_table(rows: list[dict[str, Any]], keys: list[str], metric: str, title
     from rich import box
     from rich.table import Table
 
-    from unet_dist.train.live import metric_label
+    from unet_dist.train import metric_label
 
     t = Table(title=title or None, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     t.add_column("trial", no_wrap=True)

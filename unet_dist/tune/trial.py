@@ -12,7 +12,7 @@ from typing import Any
 
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError, UserError
-from unet_dist.runs import CampaignDir, RunDir, finish_record, new_record, start_record
+from unet_dist.runs import CampaignDir, finish_record, new_trial_record, start_record
 from unet_dist.storage import resolve
 from unet_dist.tune.space import apply_params, flat_params
 
@@ -21,47 +21,33 @@ class TrialFailed(UserError):
     """A trial's training failed after its retries; the campaign goes on, the trial is recorded ``error``."""
 
 
-def trial_record(cfg: Config, run: RunDir, campaign: str, trial_id: str, params: dict[str, Any], dataset: dict[str, Any],
-                 code_version: str) -> dict[str, Any]:
-    """A trial's fresh run record (for :func:`~unet_dist.runs.start_record`): kind ``trial``, its campaign and its
-    searched values."""
-    return {**new_record(cfg, trial_id, run.uri, dataset, code_version), "kind": "trial", "campaign": campaign,
-            "trial_id": trial_id, "params": params}
-
-
 def trial_main(config: dict[str, Any], *, base: Config, campaign_uri: str, manifest: dict[str, Any], gpu: Any,
-               datasets: dict[str, Any], code_version: str, fault: str | None = None) -> None:
-    """Tune's function trainable: validate the point, train it, close its record. ``fault`` is the driver's
-    test-only fault hook (``UNET_DIST_FAULT``), handed on to the trial's workers."""
-    import os
-
+               datasets: dict[str, Any], recorders: list[Any]) -> None:
+    """Tune's function trainable: validate the point, train it, close its record. ``recorders``: the driver's
+    worker recorder specs (:func:`~unet_dist.train.default_recorders`), handed on to the trial's workers."""
     import ray.train
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from unet_dist.session import quiet_ray_logs
-    from unet_dist.train.trainer import build_trainer, failure_cause, prepare_data
+    from unet_dist.train import build_trainer, dataset_ref, failure_cause, prepare_data
 
     quiet_ray_logs()
     trial_id = ray.tune.get_context().get_trial_id()
     campaign = CampaignDir(resolve(campaign_uri, base.storage))
     run = campaign.trial(trial_id)
     params = flat_params(config)
-    dataset = {"uri": manifest.get("uri"), "fingerprint": manifest.get("fingerprint")}
+    dataset = dataset_ref(manifest)
     try:
         cfg = apply_params(base, params)
     except ConfigError as err:
-        record = trial_record(base, run, campaign.loc.name, trial_id, params, dataset, code_version)
+        record = new_trial_record(base, run, campaign.loc.name, trial_id, params, dataset)
         run.write_record({**record, "status": "invalid", "error": str(err), "epochs_planned": 0})
         return
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"name": trial_id})})
-    start_record(run, trial_record(cfg, run, campaign.loc.name, trial_id, params, dataset, code_version))
-    if fault:
-        from unet_dist.train.loop import FAULT_ENV
-
-        os.environ[FAULT_ENV] = fault
+    start_record(run, new_trial_record(cfg, run, campaign.loc.name, trial_id, params, dataset))
     data = prepare_data(cfg, manifest, datasets=datasets)
-    trainer = build_trainer(cfg, run.loc, callbacks=[TuneReportCallback()], datasets=data, gpu=gpu)
+    trainer = build_trainer(cfg, run.loc, callbacks=[TuneReportCallback()], recorders=recorders, datasets=data, gpu=gpu)
     try:
         result = trainer.fit()
         error = result.error
