@@ -13,10 +13,9 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -e ".[test]"
-	@# pip byte-compiles one file after another; both cores do it in a third less time (a few files of some
-	@# packages are not Python 3 and never compile: pip skips them too, hence `|| true`)
-	@$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
+	@# uv installs what pip would (pip's indexes and constraints), unpacking and byte-compiling on every core;
+	@# pip where uv cannot (UNET_DIST_INSTALLER=pip forces it). See scripts/venv.py.
+	$(PY) scripts/venv.py
 	@touch $(STAMP)
 
 demo: $(STAMP)

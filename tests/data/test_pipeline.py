@@ -80,65 +80,70 @@ def test_val_batches_whole_images_split_by_rank(datasets, dataset):
     assert sum(int((b["mask"] != IGNORE_INDEX).sum()) for p in parts for b in p) == n * 40 * 40
 
 
-@pytest.mark.parametrize("split_train", [True, False], ids=["streaming-split", "whole-small-split"])
-def test_torch_trainer_two_workers_on_two_cpus(datasets, dataset, tmp_path, split_train):
-    """Both ways "train" reaches 2 workers (Ray Data's split, or each worker keeping its share of the whole small
-    split): every row exactly once per epoch, disjoint equal shares; every val pixel once."""
+def test_torch_trainer_two_workers_on_two_cpus(datasets, dataset, tmp_path):
+    """Both ways "train" reaches 2 workers, in one run: Ray Data's split ("train") and each worker keeping its share
+    of the whole small split ("whole", the same dataset unsplit): every row exactly once per epoch, disjoint equal
+    shares; every val pixel once."""
+    import ray.train
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from unet_dist.data.pipeline import needs_split
 
+    modes = ("train", "whole")
+
     def count_loop(config: dict) -> None:
-        """Counts rows/pixels per epoch; defined here so Ray pickles it by value."""
+        """Counts rows/pixels per epoch and mode; defined here so Ray pickles it by value."""
         import ray.train
         import torch.distributed as dist
 
         spec = config["spec"]
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
-        train, val = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+        val = ray.train.get_dataset_shard("val")
         for epoch in range(2):
-            seen = torch.zeros(3, dtype=torch.int64)
-            ids = []
-            for rows in _my_rows(train, 4, epoch, spec, rank, world):
-                ids.append(str(rows[0]))
-            for batch in iter_train_batches(train, 4, epoch_seed=epoch, spec=spec, rank=rank, world_size=world):
-                seen[0] += batch["image"].shape[0]
-                seen[1] += 1
-            for batch in iter_val_batches(val, 2, spec):
-                seen[2] += int((batch["mask"] != IGNORE_INDEX).sum())
-            batches = int(seen[1])
-            dist.all_reduce(seen)
-            (Path(config["out"]) / f"ids-{epoch}-{rank}.json").write_text(json.dumps(ids))
-            if rank == 0:
-                out = Path(config["out"]) / f"epoch-{epoch}.json"
-                out.write_text(json.dumps({"train_rows": int(seen[0]), "batches": int(seen[1]), "val_pixels": int(seen[2]),
-                                           "rank0_batches": batches}))
+            for mode in modes:
+                train = ray.train.get_dataset_shard(mode)
+                seen = torch.zeros(3, dtype=torch.int64)
+                ids = [str(rows[0]) for rows in _my_rows(train, 4, epoch, spec, rank, world)]
+                for batch in iter_train_batches(train, 4, epoch_seed=epoch, spec=spec, rank=rank, world_size=world):
+                    seen[0] += batch["image"].shape[0]
+                    seen[1] += 1
+                for batch in iter_val_batches(val, 2, spec):
+                    seen[2] += int((batch["mask"] != IGNORE_INDEX).sum())
+                batches = int(seen[1])
+                dist.all_reduce(seen)
+                (Path(config["out"]) / f"ids-{mode}-{epoch}-{rank}.json").write_text(json.dumps(ids))
+                if rank == 0:
+                    out = Path(config["out"]) / f"{mode}-{epoch}.json"
+                    out.write_text(json.dumps({"train_rows": int(seen[0]), "batches": int(seen[1]),
+                                               "val_pixels": int(seen[2]), "rank0_batches": batches}))
             ray.train.report({"epoch": epoch})
 
     cfg = _cfg(dataset)
     manifest = read_manifest(dataset)
     assert not needs_split(datasets["train"])  # small and materialised: the default is the whole split
+    assert dataset_config(True)._datasets_to_split == ["train"] and dataset_config(False)._datasets_to_split == []
     spec = replace(pipeline_spec(cfg, None, 1, manifest), train_rows=manifest["counts"]["train"])
     trainer = TorchTrainer(
         count_loop,
         train_loop_config={"spec": spec, "out": str(tmp_path)},
-        datasets=datasets,
-        dataset_config=dataset_config(split_train),
+        datasets={**datasets, "whole": datasets["train"]},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(name="count", storage_path=str(tmp_path / "runs")),
     )
     result = trainer.fit()
     assert result.error is None
-    for epoch in range(2):
-        seen = json.loads((tmp_path / f"epoch-{epoch}.json").read_text())
-        assert seen["train_rows"] == manifest["counts"]["train"], "every train row once per epoch across the 2 workers"
-        assert seen["batches"] == 2 * seen["rank0_batches"], "equal batch counts keep DDP in step"
-        assert seen["val_pixels"] == manifest["splits"]["val"]["pixels"], "every val pixel exactly once, no padding"
-        shares = [json.loads((tmp_path / f"ids-{epoch}-{r}.json").read_text()) for r in range(2)]
-        assert len(shares[0]) == len(shares[1]) == manifest["counts"]["train"] // 2
-        assert not set(shares[0]) & set(shares[1]), "the workers' shares are disjoint"
+    for mode in modes:
+        for epoch in range(2):
+            seen = json.loads((tmp_path / f"{mode}-{epoch}.json").read_text())
+            assert seen["train_rows"] == manifest["counts"]["train"], f"{mode}: every train row once per epoch across the 2 workers"
+            assert seen["batches"] == 2 * seen["rank0_batches"], "equal batch counts keep DDP in step"
+            assert seen["val_pixels"] == manifest["splits"]["val"]["pixels"], "every val pixel exactly once, no padding"
+            shares = [json.loads((tmp_path / f"ids-{mode}-{epoch}-{r}.json").read_text()) for r in range(2)]
+            assert len(shares[0]) == len(shares[1]) == manifest["counts"]["train"] // 2
+            assert not set(shares[0]) & set(shares[1]), f"{mode}: the workers' shares are disjoint"
 
 
 SIZES = [(20, 27), (33, 18), (27, 20), (45, 31), (20, 27), (33, 18), (19, 19), (45, 31), (27, 20), (20, 27), (33, 18), (50, 41)]

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from unet_dist.config import Config, load_config
+from unet_dist.errors import UserError
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
@@ -88,6 +89,13 @@ def train_overrides(args: argparse.Namespace) -> list[str]:
         "workers": "resources.num_workers", "epochs": "train.epochs", "resume_from": "train.resume_from",
         "name": "train.name",
     })
+
+
+def require_dataset(cfg: Config) -> None:
+    """A run needs data: said before torch or Ray is imported, so the error answers at once."""
+    if not cfg.data.dataset:
+        raise UserError("data.dataset is empty: pass --data URI of an ingested dataset (see `unet-dist ingest`), "
+                        "or run `unet-dist demo` for the synthetic demo")
 
 
 def storage_config(args: argparse.Namespace) -> Any:

@@ -10,8 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from unet_dist.cli.common import add_command, console, load, print_fields, train_flags, train_overrides
-from unet_dist.errors import UserError
+from unet_dist.cli.common import add_command, console, load, print_fields, require_dataset, train_flags, train_overrides
 
 SUMMARY_FIELDS = ("run_dir", "epochs", "best_metric", "best_val_iou", "best_epoch", "best_checkpoint", "metrics_file",
                   "tensorboard_dir", "duration_s")
@@ -25,9 +24,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load(args, train_overrides(args))  # before torch is imported: a config error answers in a fraction of a second
-    if not cfg.data.dataset:
-        raise UserError("data.dataset is empty: pass --data URI of an ingested dataset (see `unet-dist ingest`), "
-                        "or run `unet-dist demo` for the synthetic demo")
+    require_dataset(cfg)
     from unet_dist.train import fit
 
     print_summary(fit(cfg, progress=not args.json, verbose=args.verbose), args.json)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unet_dist.cli.common import add_command, console, flag_overrides, load, print_fields, ray_run_flags
+from unet_dist.cli.common import add_command, console, flag_overrides, load, print_fields, ray_run_flags, require_dataset
 from unet_dist.config import Config
 
 
@@ -26,7 +26,10 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load(args, flag_overrides(args, {"data": "data.dataset", "storage": "storage.uri", "address": "resources.address",
                                            "name": "tune.name"}))
-    from unet_dist.tune import run_campaign
+    from unet_dist.tune.campaign import check_campaign, run_campaign
+
+    check_campaign(cfg, args.resume)  # the space, names and campaign folder: before torch and Ray are imported
+    require_dataset(cfg)
 
     summary = run_campaign(cfg, resume=args.resume, progress=not args.json, verbose=args.verbose)
     print_campaign(summary, cfg, args.json)

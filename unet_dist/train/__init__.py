@@ -6,7 +6,7 @@ modules inside it are its internals; ``tests/test_architecture.py`` holds every 
   ``recorders`` are worker recorder specs (:mod:`unet_dist.train.recorder`) beside the run record and TensorBoard.
 - ``build_trainer`` and its parts for callers that run the ``TorchTrainer`` themselves (a Tune trial):
   ``preflight``, ``prepare_data``, ``shared_datasets``, ``default_recorders``, ``dataset_ref``,
-  ``fit_off_main_thread``, ``failure_cause``, ``write_hparams``; the live table the campaign view extends.
+  ``fit_off_main_thread``, ``failure_cause``, ``write_hparams``.
 - Registries of optimisers, schedulers and losses, and the checkpoint file.
 
 Evaluate a stored checkpoint with :func:`unet_dist.inference.evaluate.evaluate`.
@@ -14,7 +14,6 @@ Evaluate a stored checkpoint with :func:`unet_dist.inference.evaluate.evaluate`.
 
 from unet_dist.checkpoint import load_checkpoint, save_checkpoint
 from unet_dist.losses import create_loss, list_losses, register_loss
-from unet_dist.train.live import LiveTable, metric_label
 from unet_dist.train.optim import create_optimizer, create_scheduler, list_optimizers, list_schedulers, register_optimizer, register_scheduler
 from unet_dist.train.recorder import RunRecorder, TensorBoardRecorder, WorkerContext, WorkerRecorder, write_hparams
 from unet_dist.train.trainer import (RunInterrupted, TrainingFailed, TrainSummary, build_trainer, dataset_ref, default_recorders,
@@ -23,7 +22,7 @@ from unet_dist.train.trainer import (RunInterrupted, TrainingFailed, TrainSummar
 __all__ = [
     "fit", "TrainSummary", "TrainingFailed", "RunInterrupted",
     "build_trainer", "preflight", "prepare_data", "shared_datasets", "default_recorders", "dataset_ref",
-    "fit_off_main_thread", "failure_cause", "write_hparams", "LiveTable", "metric_label",
+    "fit_off_main_thread", "failure_cause", "write_hparams",
     "WorkerRecorder", "WorkerContext", "RunRecorder", "TensorBoardRecorder",
     "create_loss", "list_losses", "register_loss",
     "create_optimizer", "create_scheduler", "list_optimizers", "list_schedulers", "register_optimizer", "register_scheduler",

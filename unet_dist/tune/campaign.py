@@ -17,7 +17,7 @@ from unet_dist.config import Config
 from unet_dist.errors import ConfigError, UserError
 from unet_dist.runs import TUNE_STATE_DIR, CampaignDir, finish_record, new_campaign_record, now_iso, start_record
 from unet_dist.storage import public_config, ray_storage, resolve
-from unet_dist.train import LiveTable
+from unet_dist.live import LiveTable, metric_label
 from unet_dist.tune.schedulers import SCHEDULERS, SEARCHERS
 from unet_dist.tune.space import CheckedSpace, check_space
 
@@ -72,7 +72,7 @@ def trial_rows(campaign: CampaignDir, metric: str, mode: str) -> list[dict[str, 
                                        r["trial_id"]))
 
 
-def _prepare(cfg: Config, resume: bool) -> tuple[CheckedSpace, CampaignDir, Any]:
+def check_campaign(cfg: Config, resume: bool) -> tuple[CheckedSpace, CampaignDir, Any]:
     """Everything checkable before Ray starts: the space, the scheduler/search names, the campaign's existence."""
     checked = check_space(cfg)
     SCHEDULERS.get(cfg.tune.scheduler)
@@ -95,7 +95,7 @@ def run_campaign(cfg: Config, *, resume: bool = False, console: Any = None, prog
 
     t0 = time.time()
     console = console or Console(stderr=True)
-    checked, campaign, searcher = _prepare(cfg, resume)
+    checked, campaign, searcher = check_campaign(cfg, resume)
     manifest = preflight(cfg)
     for point in checked.skipped:
         console.print(f"[yellow]skipped impossible grid point[/] {point['params']}: {point['reason']}", highlight=False)
@@ -249,8 +249,6 @@ def trials_table(rows: list[dict[str, Any]], keys: list[str], metric: str, title
     """The trials as a rich table: searched values, status, epochs, val IoU, best monitored metric, images/s."""
     from rich import box
     from rich.table import Table
-
-    from unet_dist.train import metric_label
 
     t = Table(title=title or None, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
     t.add_column("trial", no_wrap=True)
