@@ -97,3 +97,25 @@ def test_evaluate_refuses_a_bad_checkpoint_in_one_line(kind, tmp_path):
     assert proc.returncode == 2 and err.count("\n") == 0 and "Traceback" not in err, err
     assert str(state) in err and "weights_only=False" not in err and not marker.exists()
     assert ("refused to load" if kind == "malicious" else "truncated or corrupt") in err
+
+
+def test_json_stdout_holds_the_json_line_alone(capsys):
+    """Ray's driver prints raylet warnings to stdout whatever log_to_driver says (e.g. when trials run concurrently
+    on a small node); under --json they go to stderr and stdout stays one JSON line. Printed here by Ray's own
+    function for them."""
+    import argparse
+
+    from ray._private.worker import print_to_stdstream
+
+    from unet_dist.cli.common import emit, json_only_stdout
+
+    warning = "WARNING: 8 PYTHON worker processes have been started on node: x"
+    with json_only_stdout(argparse.Namespace(json=True)):
+        print_to_stdstream({"lines": [warning], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        emit('{"status": "finished"}')
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"status": "finished"} and warning in err
+    other = "(a different line: Ray deduplicates repeated and similar ones)"
+    with json_only_stdout(argparse.Namespace(json=False)):  # a terminal user still sees Ray's warning where Ray put it
+        print_to_stdstream({"lines": [other], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    assert other in capsys.readouterr().out

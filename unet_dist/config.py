@@ -137,6 +137,7 @@ class DataConfig(_Section):
 REPORTED_METRICS = (
     "train_loss", "train_iou", "train_mean_iou", "train_dice", "train_pixel_acc",
     "val_loss", "val_iou", "val_mean_iou", "val_dice", "val_pixel_acc",
+    "val_image_iou", "val_image_mean_iou", "val_image_dice", "val_image_mean_dice",
     "lr", "images_per_s", "epoch_time_s",
 )
 """The scalar metrics each epoch reports (metrics.jsonl, Ray Train, Tune): what ``train.monitor`` may name."""
@@ -166,7 +167,7 @@ class TrainConfig(_Section):
     seed: int = 0
     amp: bool = Field(True, description="Mixed precision on GPU (bf16 where supported, else fp16 + scaler).")
     channels_last: bool = Field(True, description="channels_last memory format for the model and its inputs (GPU and CPU; 1.2x faster on CPU, BENCHMARKS.md).")
-    monitor: str = Field("val_mean_iou", description="Reported metric that picks the best checkpoint (any numeric metrics.jsonl field, e.g. val_iou, val_loss); the default, mean IoU over classes, is one a degenerate one-class model cannot win.")
+    monitor: str = Field("val_mean_iou", description="Reported metric that picks the best checkpoint (any numeric metrics.jsonl field, e.g. val_iou, val_image_iou, val_loss; val_image_* are per-image means, the others pooled over pixels); the default, mean IoU over classes, is one a degenerate one-class model cannot win.")
     monitor_mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower train.monitor is better.")
     num_to_keep: int = Field(2, ge=1, description="Checkpoints kept (the best by train.monitor, plus the latest).")
     max_failures: int = Field(3, ge=0, description="Worker-group failures tolerated before the run fails.")

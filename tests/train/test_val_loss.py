@@ -28,9 +28,9 @@ def dataset(tmp_path_factory) -> str:
     return str(root / "data")
 
 
-def _val_loss(dataset: str, storage: str, workers: int, val_batch_size: int) -> tuple[float, str]:
+def _val_loss(dataset: str, storage: str, workers: int, val_batch_size: int) -> tuple[dict, str]:
     """One epoch that trains no step (a time budget spent before the first), so every run validates the same
-    initial model (seeded): its val_loss and checkpoint."""
+    initial model (seeded): its metrics row and checkpoint."""
     from unet_dist.train import fit
 
     name = f"vl-w{workers}-b{val_batch_size}"
@@ -43,7 +43,7 @@ def _val_loss(dataset: str, storage: str, workers: int, val_batch_size: int) -> 
     summary = fit(cfg, progress=False)
     row = RunDir(resolve(storage) / name).metrics()[0]
     assert row["val_images"] == len(VAL_SIZES) and row["train_images"] == 0, row
-    return row["val_loss"], summary.last_checkpoint
+    return row, summary.last_checkpoint
 
 
 @pytest.mark.ray
@@ -52,9 +52,13 @@ def test_val_loss_is_the_same_for_any_val_batch_size_and_worker_count(dataset: s
 
     # two workers with batches of 3 (3 and 3 images, other padded shapes on each) against one process (unet-dist
     # evaluate shares validate()) at every batch size, on the same checkpoint
-    two_workers, checkpoint = _val_loss(dataset, str(tmp_path / "runs"), workers=2, val_batch_size=3)
+    # (and the per-image scores of the mixed-size val images, all-reduced the same way)
+    row, checkpoint = _val_loss(dataset, str(tmp_path / "runs"), workers=2, val_batch_size=3)
     for batch_size in (1, 2, 3):
-        assert evaluate(checkpoint, split="val", batch_size=batch_size)["loss"] == pytest.approx(two_workers, rel=1e-6, abs=1e-9)
+        out = evaluate(checkpoint, split="val", batch_size=batch_size)
+        assert out["loss"] == pytest.approx(row["val_loss"], rel=1e-6, abs=1e-9)
+        for key in ("image_iou", "image_mean_iou", "image_dice", "image_mean_dice"):
+            assert out[key] == pytest.approx(row[f"val_{key}"], abs=1e-9), key
 
 
 def test_val_loss_weights_each_image_by_its_valid_pixels_and_skips_padding() -> None:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from unet_dist.cli import (cluster, collect, config, demo, evaluate, export, gc, ingest, models, predict, report, synthetic,
                            train, tune)
-from unet_dist.cli.common import EPILOG, err_console
+from unet_dist.cli.common import EPILOG, err_console, json_only_stdout
 from unet_dist.errors import UserError
 
 COMMANDS = (models, config, synthetic, ingest, train, evaluate, tune, collect, export, gc, report, predict, demo, cluster)
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with json_only_stdout(args):
+            return args.run(args)
     except UserError as err:
         label = "[yellow]stopped:[/]" if err.exit_code == 130 else "[bold red]error:[/]"
         err_console.print(f"{label} {err}", highlight=False, soft_wrap=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unet_dist.cli.common import add_command, console, json_flag, overrides_flag
+from unet_dist.cli.common import add_command, console, emit, json_flag, overrides_flag
 
 
 def add_parser(sub: Any) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = plan(args.campaign, args.cluster, args.overrides)
     if args.json:
-        print(result.to_json())
+        emit(result.to_json())
     else:
         render(result, console)
     return 0

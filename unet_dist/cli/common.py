@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-from typing import Any, Sequence
+import sys
+from typing import Any, Iterator, Sequence
 
 from rich.console import Console
 
@@ -135,3 +137,29 @@ def add_command(sub: Any, name: str, run: Any, doc: str) -> argparse.ArgumentPar
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(run=run)
     return p
+
+
+_json_out: Any = None
+"""Where :func:`emit` writes while :func:`json_only_stdout` holds stdout for the command's JSON line."""
+
+
+@contextlib.contextmanager
+def json_only_stdout(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--json``, stdout carries the command's JSON line alone: anything else printed to stdout while the
+    command runs goes to stderr. Ray's driver prints raylet warnings to stdout whatever ``log_to_driver`` says
+    (e.g. "N PYTHON worker processes have been started" when trials run concurrently on a small node)."""
+    global _json_out
+    if not getattr(args, "json", False):
+        yield
+        return
+    _json_out = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _json_out = None
+
+
+def emit(line: str) -> None:
+    """The command's machine-readable output (one JSON line): to stdout, also under :func:`json_only_stdout`."""
+    print(line, file=_json_out or sys.stdout, flush=True)

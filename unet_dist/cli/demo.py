@@ -11,7 +11,8 @@ import argparse
 import json
 from typing import Any
 
-from unet_dist.cli.common import add_command, console, err_console, load, print_fields, train_flags, train_overrides
+from unet_dist.cli.common import (add_command, console, emit, err_console, load, print_fields, train_flags,
+                                  train_overrides)
 
 
 def add_parser(sub: Any) -> None:
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load(args, train_overrides(args), base=DEMO_PROFILE)
     summary, published = run_demo(cfg, data=args.data_folder, workdir=args.workdir, console=err_console if args.json else console)
     if args.json:
-        print(json.dumps({"campaign": json.loads(summary.to_json()), "collect": json.loads(published.to_json())}))
+        emit(json.dumps({"campaign": json.loads(summary.to_json()), "collect": json.loads(published.to_json())}))
         return 0
     from unet_dist.collect.publish import summary_lines
 

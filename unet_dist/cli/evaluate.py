@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.table import Table
 
-from unet_dist.cli.common import add_command, config_flags, console, json_flag
+from unet_dist.cli.common import add_command, config_flags, console, emit, json_flag
 from unet_dist.config import load_config
 
 
@@ -35,11 +35,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = evaluate(args.checkpoint, split=args.split, dataset=args.data, storage=cfg.storage, progress=not args.json)
     if args.json:
-        print(json.dumps(out, default=str))
+        emit(json.dumps(out, default=str))
         return 0
     console.print(f"[bold]{args.checkpoint}[/] (epoch {out.get('epoch')}) on the {args.split} split", highlight=False, soft_wrap=True)
     console.print(class_table(out))
-    console.print(f"foreground IoU {out['iou']:.4f} · pixel accuracy {out['pixel_acc']:.4f} · loss {out['loss']:.4f}")
+    console.print(f"per-image IoU {out['image_iou']:.4f} (mean IoU {out['image_mean_iou']:.4f}) · pooled foreground IoU "
+                  f"{out['iou']:.4f} · pixel accuracy {out['pixel_acc']:.4f} · loss {out['loss']:.4f}")
     if args.per_image:
         console.print(per_image_table(out["per_image"], args.per_image, len(out["per_class_iou"]) == 2))
     return 0

@@ -13,8 +13,8 @@ import argparse
 import json
 from typing import Any
 
-from unet_dist.cli.common import (add_command, campaign_filter, config_flags, console, err_console, json_flag, print_wide,
-                                  storage_config, storage_root, warn)
+from unet_dist.cli.common import (add_command, campaign_filter, config_flags, console, emit, err_console, json_flag,
+                                  print_wide, storage_config, storage_root, warn)
 
 
 def add_parser(sub: Any) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                         on_bytes=lambda done, total: bar.update(task, completed=done, total=total))
     warn(result.warnings)
     if args.json:
-        print(result.to_json())
+        emit(result.to_json())
         return 0
     print_wide(result.to_table())  # a pipe gets model names whole
     console.print(result.summary(), highlight=False, soft_wrap=True)
@@ -57,7 +57,7 @@ def remove(args: argparse.Namespace) -> int:
     for name in args.remove:
         gone = remove_export(args.storage, args.dest, name, storage_config(args))
         if args.json:
-            print(json.dumps(gone))
+            emit(json.dumps(gone))
             continue
         alias = " and the champion alias" if gone["champion_removed"] else ""
         console.print(f"removed {gone['model']}{alias} and its pin: gc may now delete "

@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unet_dist.cli.common import (add_command, campaign_filter, config_flags, console, err_console, json_flag, print_wide,
-                                  storage_config, storage_root, warn)
+from unet_dist.cli.common import (add_command, campaign_filter, config_flags, console, emit, err_console, json_flag,
+                                  print_wide, storage_config, storage_root, warn)
 
 
 def add_parser(sub: Any) -> None:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             collect_garbage(todo, storage, on_item=lambda _: bar.advance(task), purge_versions=args.purge_versions)
     warn([f"{fail['uri']}: {fail['why']}" for fail in todo.failed], "[bold red]not deleted:[/]")
     if args.json:
-        print(todo.to_json())
+        emit(todo.to_json())
     else:
         if todo.delete:
             print_wide(todo.to_table())

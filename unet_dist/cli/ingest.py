@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from unet_dist.cli.common import add_command, config_flags, console, err_console, flag_overrides, json_flag
+from unet_dist.cli.common import add_command, config_flags, console, emit, err_console, flag_overrides, json_flag
 from unet_dist.config import load_config
 
 
@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
     }), *(["ingest.skip_invalid=true"] if args.skip_invalid else [])])
     manifest = ingest(args.src, args.dest, cfg.ingest, cfg.storage, progress=not args.json, console=err_console, results=console)
     if args.json:
-        print(json.dumps({"dataset": args.dest, "counts": manifest.get("counts"), "fingerprint": manifest.get("fingerprint")}))
+        emit(json.dumps({"dataset": args.dest, "counts": manifest.get("counts"), "fingerprint": manifest.get("fingerprint")}))
     return 0

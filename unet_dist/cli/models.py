@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.table import Table
 
-from unet_dist.cli.common import add_command, console, json_flag
+from unet_dist.cli.common import add_command, console, emit, json_flag
 
 
 def add_parser(sub: Any) -> None:
@@ -27,14 +27,14 @@ def run(args: argparse.Namespace) -> int:
     if args.smoke:
         rows = [r._asdict() if hasattr(r, "_asdict") else dict(r) for r in smoke_variants()]
         if args.json:
-            print(json.dumps(rows, default=str))
+            emit(json.dumps(rows, default=str))
         else:
             console.print(smoke_table(rows))
             console.print(f"[green]{len(rows)} variants built and ran forward + backward.[/]")
         return 0
     info = registry_info()
     if args.json:
-        print(json.dumps(info))
+        emit(json.dumps(info))
         return 0
     table = Table(title="unet-dist model registry")
     table.add_column("option")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unet_dist.cli.common import (ADDRESS_HELP, add_command, config_flags, console, err_console, flag_overrides, json_flag,
-                                  print_fields, warn)
+from unet_dist.cli.common import (ADDRESS_HELP, add_command, config_flags, console, emit, err_console, flag_overrides,
+                                  json_flag, print_fields, warn)
 from unet_dist.config import load_config
 
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                       workers=args.workers, threads=args.threads, storage=cfg.storage, resources=cfg.resources,
                       progress=not args.json, console=err_console)
     if args.json:
-        print(summary.to_json())
+        emit(summary.to_json())
     else:
         console.print(summary.headline(), highlight=False, soft_wrap=True)
         print_fields(summary.fields())

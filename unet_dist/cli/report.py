@@ -13,7 +13,7 @@ import argparse
 import json
 from typing import Any
 
-from unet_dist.cli.common import add_command, config_flags, console, json_flag, storage_config, warn
+from unet_dist.cli.common import add_command, config_flags, console, emit, json_flag, storage_config, warn
 
 
 def add_parser(sub: Any) -> None:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
                           val_images=args.images, progress=not args.json)
     warn(report.notes, "[yellow]note:[/]")
     if args.json:
-        print(json.dumps({"report": args.output, "bytes": len(report.html.encode()), "kind": report.subject.kind,
+        emit(json.dumps({"report": args.output, "bytes": len(report.html.encode()), "kind": report.subject.kind,
                           "name": report.subject.name, "best": report.best_run, "checkpoint": report.checkpoint,
                           "split": report.split, "notes": report.notes}))
         return 0

@@ -10,7 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from unet_dist.cli.common import add_command, console, load, print_fields, require_dataset, train_flags, train_overrides
+from unet_dist.cli.common import (add_command, console, emit, load, print_fields, require_dataset, train_flags,
+                                  train_overrides)
 
 SUMMARY_FIELDS = ("run_dir", "epochs", "best_metric", "best_val_iou", "best_epoch", "best_checkpoint", "metrics_file",
                   "tensorboard_dir", "duration_s")
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(summary: Any, as_json: bool) -> None:
     """One JSON line with --json; otherwise the fields a user looks for, paths printed whole."""
     if as_json:
-        print(summary.to_json())
+        emit(summary.to_json())
         return
     data = json.loads(summary.to_json())
     console.print()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unet_dist.cli.common import add_command, console, flag_overrides, load, print_fields, ray_run_flags, require_dataset
+from unet_dist.cli.common import (add_command, console, emit, flag_overrides, load, print_fields, ray_run_flags,
+                                  require_dataset)
 from unet_dist.config import Config
 
 
@@ -41,7 +42,7 @@ def print_campaign(summary: Any, cfg: Config, as_json: bool) -> None:
     from unet_dist.tune.campaign import trials_table
 
     if as_json:
-        print(summary.to_json())
+        emit(summary.to_json())
         return
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     console.print()

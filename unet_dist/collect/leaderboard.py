@@ -32,15 +32,15 @@ from unet_dist.storage import Location, read_many, resolve
 
 LEADERBOARD_FILE = "leaderboard.parquet"
 INDEX_FILE = "_index.json.gz"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: rows carry the per-image metrics
 DEFAULT_METRIC = ("val_mean_iou", "max")
 STATUSES: tuple[str, ...] = get_args(Status)
 HEAD = ("rank", "campaign", "trial", "kind", "status")
-METRIC_COLUMNS = ("metric", "mode", "best_value", "best_epoch", "best_val_iou", "best_val_mean_iou", "best_val_dice",
-                  "final_val_iou", "final_val_mean_iou", "final_val_dice")
+_RANKED = ("val_iou", "val_mean_iou", "val_dice", "val_image_iou", "val_image_mean_iou")
+"""Pooled IoU, mean IoU and Dice, and the per-image IoU and mean IoU (inference/metrics.py), at the best and last epoch."""
+METRIC_COLUMNS = ("metric", "mode", "best_value", "best_epoch", *(f"{w}_{m}" for w in ("best", "final") for m in _RANKED))
 TAIL = ("epochs", "epochs_planned", "train_time_s", "wall_time_s", "images_per_s", "dataset", "dataset_fingerprint",
         "best_checkpoint", "run_uri", "started_at", "ended_at", "updated_at", "error", "problem")
-_RANKED = ("val_iou", "val_mean_iou", "val_dice")
 _NUMERIC = frozenset({"rank", "best_value", "best_epoch", *(f"{w}_{m}" for w in ("best", "final") for m in _RANKED),
                       "epochs", "epochs_planned", "train_time_s", "wall_time_s", "images_per_s"})
 

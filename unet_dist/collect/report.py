@@ -275,10 +275,13 @@ def _test_view(loaded: Any, manifest: dict[str, Any], split: str, progress: bool
 
     out = evaluate_model(loaded, manifest, split, progress=progress)
     names = list(out["per_class_iou"])
-    cards = [("foreground IoU" if len(names) == 2 else "mean IoU", out["iou"]), ("mean IoU", out["mean_iou"]),
-             ("Dice", out["dice"]), ("pixel accuracy", out["pixel_acc"]), ("loss", out["loss"]), ("images", out["images"])]
-    if len(names) != 2:
-        cards.pop(1)
+    binary = len(names) == 2
+    cards = [("per-image IoU" if binary else "per-image mean IoU", out["image_iou"]),
+             ("pooled foreground IoU" if binary else "pooled mean IoU", out["iou"]), ("pooled mean IoU", out["mean_iou"]),
+             ("per-image Dice" if binary else "per-image mean Dice", out["image_dice"]), ("pooled Dice", out["dice"]),
+             ("pixel accuracy", out["pixel_acc"]), ("loss", out["loss"]), ("images", out["images"])]
+    if not binary:
+        cards.pop(2)
     body = '<div class="cards" id="summary">' + "".join(
         f'<div class="card" data-metric="{_e(k)}"><b>{_e(_fmt(v))}</b><small>{_e(k)}</small></div>' for k, v in cards) + "</div>"
     per_class = [{"class": n, "IoU": out["per_class_iou"][n], "Dice": out["per_class_dice"][n]} for n in names]

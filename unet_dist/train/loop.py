@@ -265,6 +265,8 @@ def epoch_row(epoch: int, lr: float, train_m: dict[str, Any], val_m: dict[str, A
         "train_dice": train_m["dice"], "train_pixel_acc": train_m["pixel_acc"],
         "val_loss": val_m["loss"], "val_iou": val_m["iou"], "val_mean_iou": val_m["mean_iou"],
         "val_dice": val_m["dice"], "val_pixel_acc": val_m["pixel_acc"],
+        "val_image_iou": val_m["image_iou"], "val_image_mean_iou": val_m["image_mean_iou"],
+        "val_image_dice": val_m["image_dice"], "val_image_mean_dice": val_m["image_mean_dice"],
         "val_per_class_iou": val_m["per_class_iou"], "val_per_class_dice": val_m["per_class_dice"],
         "val_confusion_matrix": val_m["confusion_matrix"],
         "train_images": train_m["images"], "val_images": val_m["images"],
