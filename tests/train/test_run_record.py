@@ -45,7 +45,8 @@ def test_a_user_error_on_a_worker_fails_once_and_its_record_names_it(small_confi
 
 
 @pytest.mark.ray
-def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, own_ray_tmpdir, ray_local) -> None:
+def test_ctrl_c_stops_cleanly_resume_finishes_and_an_extension_keeps_the_best(synthetic_dataset, tmp_path, own_ray_tmpdir,
+                                                                              ray_local, monkeypatch) -> None:
     EPOCHS = 8  # enough that the interrupt lands mid-run, even when an epoch takes a fraction of a second
     mark = uuid.uuid4().hex  # in the environment of the CLI and of every Ray process it starts
     env = {**os.environ, "UNET_DIST_TEST_MARK": mark, "RAY_TMPDIR": own_ray_tmpdir, "OMP_NUM_THREADS": "1"}
@@ -75,11 +76,37 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(synthetic_dataset, tmp_path, o
     # CLI's own output with --json is checked in tests/test_hermetic.py)
     from unet_dist.config import load_config
 
-    fit(load_config(None, [f"data.dataset={synthetic_dataset}", f"storage.uri={tmp_path / 'runs'}", "train.name=r",
-                           f"train.epochs={EPOCHS}", "resources.num_workers=1", *sets]), progress=False)
+    base = [f"data.dataset={synthetic_dataset}", f"storage.uri={tmp_path / 'runs'}", "train.name=r", "resources.num_workers=1",
+            *sets]
+    fit(load_config(None, [*base, f"train.epochs={EPOCHS}"]), progress=False)
     record = run.read_record()
     assert record["status"] == "finished" and record["epochs"] == EPOCHS and record["resumed_at"]
     assert [r["epoch"] for r in run.metrics()] == list(range(EPOCHS))
+
+    # the finished run extended by one epoch with an absurd LR (--set train.epochs=9 --set train.lr=1000): its run.json
+    # names the old best, its epochs and start time from the first write of the resume on (gc in that window keeps the
+    # best), and the worse new epoch never replaces that best
+    from unet_dist.train import trainer
+
+    before, at_start, real_run = record, [], trainer._run
+
+    def spy(*a, **kw):  # the record as the resumed training starts, before its first new epoch
+        at_start.append(run.read_record())
+        return real_run(*a, **kw)
+
+    monkeypatch.setattr(trainer, "_run", spy)
+    fit(load_config(None, [*base, f"train.epochs={EPOCHS + 1}", "train.lr=1000"]), progress=False)
+    start = at_start[0]
+    assert start["status"] == "running" and len(start["resumed_at"]) == len(before["resumed_at"]) + 1
+    assert start["epochs_planned"] == EPOCHS + 1
+    for key in ("best_checkpoint", "best", "best_epoch", "epochs", "started_at"):
+        assert start[key] == before[key], key
+    rows = run.metrics()
+    assert [r["epoch"] for r in rows] == list(range(EPOCHS + 1))
+    assert not rows[-1]["val_mean_iou"] > rows[before["best_epoch"]]["val_mean_iou"]
+    record = run.read_record()
+    assert record["status"] == "finished" and record["epochs"] == EPOCHS + 1
+    assert record["best_epoch"] == before["best_epoch"] and record["best_checkpoint"] == before["best_checkpoint"]
 
 
 class _Payload:
@@ -107,36 +134,3 @@ def test_bad_weights_fail_fast_before_ray(kind, synthetic_dataset, tmp_path) -> 
     assert err.count("\n") == 0 and "model.weights" in err and "Traceback" not in err
     assert "weights_only=False" not in err and not marker.exists()
     assert not (tmp_path / "ray").exists(), "Ray was started before the weights were checked"
-
-
-@pytest.mark.ray
-def test_an_extended_run_keeps_its_best_from_its_first_write(small_config, ray_local, synthetic_dataset, tmp_path,
-                                                             monkeypatch) -> None:
-    """A finished run extended by one epoch with an absurd LR (``--set train.epochs=2 --set train.lr=1000``): its
-    run.json names the old best, its epochs and start time from the first write of the resume on (gc in that window
-    keeps the best), and the worse new epoch never replaces that best."""
-    from unet_dist.train import trainer
-
-    args = (synthetic_dataset, str(tmp_path), *COMMON, "train.name=grow", "train.num_to_keep=1")
-    first = fit(small_config(*args, "train.epochs=1", "train.lr=0.01"), progress=False)
-    run = RunDir(resolve(tmp_path) / "grow")
-    before = run.read_record()
-    at_start: list[dict] = []
-    real_run = trainer._run
-
-    def spy(*a, **kw):  # the record as the resumed training starts, before its first new epoch
-        at_start.append(run.read_record())
-        return real_run(*a, **kw)
-
-    monkeypatch.setattr(trainer, "_run", spy)
-    fit(small_config(*args, "train.epochs=2", "train.lr=1000"), progress=False)
-    start = at_start[0]
-    assert start["status"] == "running" and start["resumed_at"] and start["epochs_planned"] == 2
-    for key in ("best_checkpoint", "best", "best_epoch", "epochs", "started_at"):
-        assert start[key] == before[key], key
-    assert start["best_checkpoint"] == first.best_checkpoint and start["epochs"] == 1
-    rows = run.metrics()
-    assert [r["epoch"] for r in rows] == [0, 1] and not rows[1]["val_mean_iou"] > rows[0]["val_mean_iou"]
-    record = run.read_record()
-    assert record["status"] == "finished" and record["epochs"] == 2
-    assert record["best_epoch"] == 0 and record["best_checkpoint"] == first.best_checkpoint
