@@ -122,6 +122,7 @@ class DataConfig(_Section):
     vflip: bool = True
     rot90: bool = True
     intensity_jitter: float = Field(0.1, ge=0.0, le=1.0, description="Max brightness/contrast change.")
+    foreground_oversample: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of training crops centred on a random foreground pixel (nnU-Net uses 1/3), so small objects on large empty images reach the loss; the rest are uniform random crops. An image without foreground gets a random crop.")
     num_crops_per_image: int | Literal["auto"] = Field(1, description="Random crops drawn per image per epoch; auto: the mean train image area over the crop area (at least 1), so an epoch covers about every pixel once (fewer, longer epochs: more images/s, fewer validations).")
     shuffle_buffer: int = Field(64, ge=1, description="Rows in each worker's local shuffle buffer (seeded per epoch).")
     @field_validator("num_crops_per_image")

@@ -12,7 +12,7 @@ import torch
 from unet_dist.config import DataConfig
 from unet_dist.data import read_manifest
 from unet_dist.data.pipeline import (
-    IGNORE_INDEX, _my_rows, build_datasets, dataset_config, iter_train_batches, iter_val_batches, pipeline_spec,
+    IGNORE_INDEX, PipelineSpec, _my_rows, build_datasets, dataset_config, iter_train_batches, iter_val_batches, pipeline_spec,
 )
 from unet_dist.data.synthetic import demo_dataset
 
@@ -239,3 +239,42 @@ def test_crops_per_image_auto_covers_the_mean_image_area(setting, crop: int, exp
 
     manifest = {"splits": {"train": {"count": 24, "pixels": 24 * 512 * 512}}}
     assert crops_per_image(DataConfig(num_crops_per_image=setting, crop_size=crop), manifest) == expected
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.33, 1.0])
+def test_foreground_oversampling_centres_the_asked_fraction_of_crops(fraction: float) -> None:
+    """A 2 x 2 object in a 128 x 128 image, 32 px crops, 1,000 draws: the share of crops centred on it is the asked
+    fraction within 5 points (a uniform crop centres on it once in ~2,400 draws); an object at the border stays in
+    the crop; an image without foreground still gets uniform crops."""
+    from unet_dist.data.pipeline import augment, crop_seed
+
+    spec = PipelineSpec(in_channels=1, num_classes=2, mean=(0.0,), std=(1.0,), crop_size=32, hflip=False, vflip=False,
+                        rot90=False, intensity_jitter=0.0, foreground_oversample=fraction)
+    image, mask = torch.zeros(1, 128, 128), torch.zeros(128, 128, dtype=torch.int64)
+    mask[70:72, 40:42] = 1
+    centred = 0
+    for k in range(1000):
+        _, crop = augment(image, mask, spec, torch.Generator().manual_seed(crop_seed(0, "img", k)))
+        centred += int(crop[16, 16] == 1)
+    assert abs(centred / 1000 - fraction) <= 0.05, centred
+    corner = torch.zeros(128, 128, dtype=torch.int64)
+    corner[0, 127] = 1
+    border = replace(spec, foreground_oversample=1.0)
+    assert all(int(augment(image, corner, border, torch.Generator().manual_seed(k))[1].sum()) == 1 for k in range(20))
+    empty = [augment(image, torch.zeros_like(mask), border, torch.Generator().manual_seed(k))[1].shape for k in range(5)]
+    assert empty == [(32, 32)] * 5
+
+
+def test_no_oversampling_leaves_every_crop_as_it_was() -> None:
+    """foreground_oversample=0 draws nothing extra from the generator: the crops (and so every seeded run) are the
+    ones a spec without the option gives."""
+    from unet_dist.data.pipeline import _randint, augment
+
+    spec = PipelineSpec(in_channels=1, num_classes=2, mean=(0.0,), std=(1.0,), crop_size=16, intensity_jitter=0.0)
+    image = torch.arange(64 * 48, dtype=torch.float32).reshape(1, 64, 48)
+    mask = (image[0] % 7 == 0).long()
+    for k in range(10):
+        g = torch.Generator().manual_seed(k)
+        top, left = _randint(g, 64 - 16), _randint(g, 48 - 16)  # what augment drew before the option existed
+        x, _ = augment(image, mask, replace(spec, hflip=False, vflip=False, rot90=False), torch.Generator().manual_seed(k))
+        assert torch.equal(x, image[:, top:top + 16, left:left + 16])

@@ -64,6 +64,7 @@ class PipelineSpec:
     vflip: bool = True
     rot90: bool = True
     intensity_jitter: float = 0.1
+    foreground_oversample: float = 0.0
     num_crops_per_image: int = 1
     shuffle_buffer: int = 64
     pad_multiple: int = 1
@@ -110,6 +111,7 @@ def pipeline_spec(cfg: DataConfig, storage: StorageConfig | None, in_channels: i
     return PipelineSpec(
         in_channels=in_channels, num_classes=int(manifest["num_classes"]), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
         **_scale_fields(stats), crop_size=cfg.crop_size, hflip=cfg.hflip, vflip=cfg.vflip, rot90=cfg.rot90, intensity_jitter=cfg.intensity_jitter,
+        foreground_oversample=cfg.foreground_oversample,
         num_crops_per_image=crops_per_image(cfg, manifest), shuffle_buffer=cfg.shuffle_buffer, pad_multiple=pad_multiple,
     )
 
@@ -184,8 +186,22 @@ def _randint(g: torch.Generator, high: int) -> int:
     return int(torch.randint(0, high + 1, (1,), generator=g)) if high > 0 else 0
 
 
+def crop_origin(mask: torch.Tensor, size: int, foreground_oversample: float, g: torch.Generator) -> tuple[int, int]:
+    """``(top, left)`` of a ``size`` crop of ``mask`` (at least ``size`` on each side): with probability
+    ``foreground_oversample`` centred on a random foreground pixel (class > 0; kept inside the image), else
+    uniform. Draws nothing extra from ``g`` when ``foreground_oversample`` is 0, so such crops stay as they were."""
+    h, w = mask.shape[-2:]
+    if foreground_oversample > 0 and float(torch.rand(1, generator=g)) < foreground_oversample:
+        ys, xs = torch.nonzero(mask.reshape(h, w) > 0, as_tuple=True)
+        if len(ys):
+            i = _randint(g, len(ys) - 1)
+            return (min(max(int(ys[i]) - size // 2, 0), h - size), min(max(int(xs[i]) - size // 2, 0), w - size))
+    return _randint(g, h - size), _randint(g, w - size)
+
+
 def augment(image: torch.Tensor, mask: torch.Tensor, spec: PipelineSpec, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joint pad-to-crop, random crop, flips, rot90 and intensity jitter; mask padding is IGNORE_INDEX."""
+    """Joint pad-to-crop, crop (uniform, or centred on foreground: ``spec.foreground_oversample``), flips, rot90 and
+    intensity jitter; mask padding is IGNORE_INDEX."""
     img, msk = tv_tensors.Image(image), tv_tensors.Mask(mask)
     size = spec.crop_size
     h, w = msk.shape[-2:]
@@ -196,7 +212,7 @@ def augment(image: torch.Tensor, mask: torch.Tensor, spec: PipelineSpec, g: torc
         img = F.pad(img, padding, fill=0.0)
         msk = F.pad(msk, padding, fill=IGNORE_INDEX)
         h, w = h + ph, w + pw
-    top, left = _randint(g, h - size), _randint(g, w - size)
+    top, left = crop_origin(msk, size, spec.foreground_oversample, g)
     img, msk = F.crop(img, top, left, size, size), F.crop(msk, top, left, size, size)
     flips = torch.rand(3, generator=g)
     if spec.hflip and flips[0] < 0.5:
