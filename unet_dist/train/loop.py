@@ -168,6 +168,10 @@ def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any]
     train_m, out_of_time = train_epoch(w, cfg, state, shards[0], spec, recorder, epoch, spe, t0)
     train_time = _slowest(time.perf_counter() - t0, w.distributed)
     state.train_time_s += train_time
+    if cfg.train.time_budget_s is not None:  # the schedule's place from the time every rank agrees on (the slowest
+        # rank's clock may cross the budget after this rank's last step): a run that ends here ends fully annealed
+        seek_fraction(state.scheduler, 1.0 if out_of_time else min(1.0, state.train_time_s / cfg.train.time_budget_s),
+                      cfg.train)
     if w.distributed:
         sync_buffers(state.core)
     val_m, shown = validate(state.core, iter_val_batches(shards[1], cfg.data.val_batch_size, spec, w.rank, w.world),
@@ -233,11 +237,9 @@ def train_epoch(w: Worker, cfg: Config, state: TrainState, shard: Any, spec: Any
     if micro % tcfg.accumulate:
         state.step(tcfg.grad_clip)
         advance()
-    if budget is not None:
-        seek_fraction(state.scheduler, 1.0 if batches.out_of_time else used() / budget, tcfg)
-    elif tcfg.scheduler_interval == "epoch":
+    if budget is None and tcfg.scheduler_interval == "epoch":
         state.scheduler.step()
-    return meter.compute(), batches.out_of_time
+    return meter.compute(), batches.out_of_time  # a budget's end-of-epoch place: run_epoch, from the agreed time
 
 
 def _forward_backward(w: Worker, state: TrainState, batch: dict[str, Any], tcfg: Any, sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
