@@ -1,5 +1,5 @@
 """A live terminal view that re-renders from storage on a driver thread: the base of a run's progress panel
-(:mod:`unet_dist.train.live`) and a campaign's trial table (:mod:`unet_dist.tune.view`). Plain rich, no torch."""
+(:mod:`unet_dist.train.live`) and a campaign's trial table (:class:`unet_dist.tune.campaign.CampaignView`). Plain rich, no torch."""
 
 from __future__ import annotations
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from unet_dist.storage import read_many
-from unet_dist.storage import Location
+from unet_dist.storage import Location, read_many
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 _NAME_LISTS = ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",

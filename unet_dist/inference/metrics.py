@@ -71,17 +71,21 @@ def scores(cm: torch.Tensor, class_names: list[str] | None = None) -> dict[str, 
     return out
 
 
-def image_score_sums(pred: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
-    """Sums over a batch's images (float64, length ``3k + 3``): per class the sum of its IoU and of its Dice over
-    the images where it is present, and that count; then the sums of each image's mean IoU and mean Dice over its
-    present classes, and the count of images with a valid pixel. Pixels with target < 0 (padding, ignored) and
-    >= k are not counted."""
+def image_confusion(pred: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """``N x k x k`` int64: each image's :func:`confusion_matrix` in one pass (their sum is the batch's)."""
     n = target.shape[0]
     t = target.reshape(n, -1).long()
     p = pred.reshape(n, -1).long().clamp(0, k - 1)
     keep = (t >= 0) & (t < k)
     idx = (torch.arange(n).unsqueeze(1) * (k * k) + t * k + p)[keep]
-    cms = torch.bincount(idx, minlength=n * k * k).reshape(n, k, k).double()
+    return torch.bincount(idx, minlength=n * k * k).reshape(n, k, k)
+
+
+def image_score_sums(cms: torch.Tensor) -> torch.Tensor:
+    """Sums over images (float64, length ``3k + 3``) from their ``N x k x k`` confusion matrices: per class the sum
+    of its IoU and of its Dice over the images where it is present, and that count; then the sums of each image's
+    mean IoU and mean Dice over its present classes, and the count of images with a valid pixel."""
+    cms = cms.double()
     tp = cms.diagonal(dim1=1, dim2=2)
     gt, pr = cms.sum(2), cms.sum(1)
     union = gt + pr - tp
@@ -139,15 +143,18 @@ class EpochMeter:
         self.sums = torch.zeros(3, dtype=torch.float64)  # loss * batch, batches' images, loss count
         self.image_sums = torch.zeros(3 * self.k + 3, dtype=torch.float64)
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: float | None = None) -> None:
+    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: float | None = None) -> torch.Tensor:
+        """Add a batch; returns its images' ``N x k x k`` confusion matrices (one bincount serves both sums)."""
         pred = predict_labels(logits.detach().float()).cpu()
-        self.cm += confusion_matrix(pred, target.cpu(), self.k)
-        self.image_sums += image_score_sums(pred, target.cpu(), self.k)
+        cms = image_confusion(pred, target.cpu(), self.k)
+        self.cm += cms.sum(0)
+        self.image_sums += image_score_sums(cms)
         n = target.shape[0]
         self.sums[1] += n
         if loss is not None:
             self.sums[0] += float(loss) * n
             self.sums[2] += n
+        return cms
 
     def compute(self) -> dict[str, Any]:
         cm = self.reduce(self.cm.clone())

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from unet_dist.config import Config
-from unet_dist.inference.metrics import EpochMeter, Reduce, confusion_matrix, no_reduce, predict_labels
+from unet_dist.inference.metrics import EpochMeter, Reduce, no_reduce, predict_labels
 from unet_dist.inference.overlay import overlay
 from unet_dist.losses import remap_ignore
 
@@ -41,12 +41,11 @@ def validate(model: torch.nn.Module, batches: Any, loss_fn: torch.nn.Module, cfg
         y = remap_ignore(torch.as_tensor(batch["mask"]).to(device).long(), cfg.train.ignore_index)
         with autocast():
             logits = model(x).float()
-        meter.update(logits, y)
+        cms = meter.update(logits, y)
         loss_sums += image_loss_sums(loss_fn, logits, y)
         if per_image is not None:
-            pred = predict_labels(logits).cpu()
             ids = batch.get("id") or [None] * x.shape[0]
-            per_image += [(ids[i], confusion_matrix(pred[i], y[i].cpu(), meter.k)) for i in range(x.shape[0])]
+            per_image += [(ids[i], cms[i]) for i in range(x.shape[0])]
         if len(shown) < n_images:
             pred = predict_labels(logits).cpu()
             for i in range(min(n_images - len(shown), x.shape[0])):
