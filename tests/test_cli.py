@@ -66,10 +66,12 @@ def test_ingest_results_on_stdout_progress_on_stderr_and_json_alone(tmp_path):
     res = run("ingest", raw, str(tmp_path / "a"))
     assert res.returncode == 0, res.stderr
     assert "mean / std" in res.stdout and "mean / std" not in res.stderr
-    res = run("ingest", raw, str(tmp_path / "b"), "--json")
+    res = run("ingest", raw, str(tmp_path / "b"), "--json", "--folds", "2", "--no-stratify")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["counts"]["total"] == 4
+    manifest = json.loads((tmp_path / "b" / "dataset.json").read_text())
+    assert manifest["folds"]["counts"] == [2, 2] and manifest["split_by"]["stratified_by"] == []
 
 
 class _Payload:

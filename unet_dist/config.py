@@ -87,8 +87,11 @@ class IngestConfig(_Section):
 
     mask_mode: MaskMode = Field("binary", description="binary: 0/1 or 0/255 (other values are errors); multiclass: ids 0..C-1 (palette ok); instance: id>0 is foreground.")
     class_names: list[str] = Field(default_factory=lambda: ["background", "foreground"], description="One name per class id (binary and instance: exactly 2).")
-    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test ratios, drawn over every pair found (valid or not), so fixing a bad file never moves others.")
+    split: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/val/test ratios, drawn over every pair found (valid or not), so skipping or fixing a bad file never moves others while its mask and image header are readable.")
     split_column: str | None = Field(None, description="Take the split from this manifest (CSV) column instead of ratios.")
+    stratify: bool = Field(True, description="Keep every split in proportion within each stratum of image size class x channels x bit depth x foreground-fraction tertile (within one image of its share); false: a plain seeded random split.")
+    group_column: str | None = Field(None, description="CSV column naming each pair's group (a patient, a plate, a slide): a group's images never straddle splits or folds.")
+    folds: int = Field(0, ge=0, description="Deal the non-test pairs into this many folds (stratified and grouped like the split) for cross-validation; fold 0 is the val split. 0: no folds.")
     seed: int = Field(0, description="Seed of the ratio split.")
     skip_invalid: bool = Field(False, description="Write the valid pairs and list the invalid ones in the manifest, instead of failing and writing nothing.")
     rows_per_shard: int = Field(64, ge=1, description="Pairs per Parquet shard; ingest holds at most this many encoded pairs per split in memory.")
@@ -102,6 +105,13 @@ class IngestConfig(_Section):
         if self.percentile_low >= self.percentile_high:
             raise ValueError(f"ingest.percentile_low ({self.percentile_low}) must be below ingest.percentile_high ({self.percentile_high})")
         return self
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("ingest.folds must be 0 (no folds) or at least 2")
+        return v
 
     @field_validator("split")
     @classmethod

@@ -79,3 +79,32 @@ def test_to_model_input_channels_and_normalisation():
     torch.testing.assert_close(y, torch.full((1, 2, 2), 0.299))
     g16 = np.full((2, 2, 1), 65535, np.uint16)
     torch.testing.assert_close(to_model_input(g16, 1, None), torch.ones(1, 2, 2))
+
+
+def test_image_kind_from_the_header_agrees_with_decoding():
+    """The split survey reads channels and bit depth from headers; they must be what ingest then decodes."""
+    import tifffile
+
+    from unet_dist.data.codec import image_kind
+
+    rng = np.random.default_rng(0)
+    samples = {mode: rng.integers(0, 256, shape, dtype=np.uint8) for mode, shape in
+               (("L", (8, 8)), ("RGB", (8, 8, 3)), ("RGBA", (8, 8, 4)), ("LA", (8, 8, 2)))}
+    files = []
+    for mode, arr in samples.items():
+        buf = io.BytesIO()
+        Image.fromarray(arr, mode=mode).save(buf, format="PNG")
+        files.append(buf.getvalue())
+    for fmt, im in (("PNG", Image.fromarray(samples["L"]).convert("P")), ("PNG", Image.fromarray(samples["L"]).convert("1")),
+                    ("PNG", Image.fromarray(rng.integers(0, 65535, (8, 8), dtype=np.uint16))),
+                    ("JPEG", Image.fromarray(samples["RGB"]))):
+        buf = io.BytesIO()
+        im.save(buf, format=fmt)
+        files.append(buf.getvalue())
+    for arr in (rng.integers(0, 65535, (8, 8, 3), dtype=np.uint16), rng.random((8, 8), dtype=np.float32)):
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, arr)
+        files.append(buf.getvalue())
+    for data in files:
+        image = decode_image(data)
+        assert image_kind(data) == (image.shape[-1], image.dtype.itemsize * 8)

@@ -252,6 +252,50 @@ def test_csv_manifest_with_split_column(tmp_path):
     assert sorted(r["id"] for r in _rows(manifest).values() if r["split"] == "val") == ["images_synthetic-0000", "images_synthetic-0001"]
 
 
+def _mixed_csv(root: Path) -> tuple[Path, dict[str, str]]:
+    """A CSV over two synthetic sets (24 px gray, 48 px RGB) whose pairs come in slides of two or three."""
+    groups = {}
+    lines = ["image,mask,slide"]
+    for name, n, size, channels, per in (("gray", 12, 24, 1, 2), ("rgb", 9, 48, 3, 3)):
+        generate(str(root / name), n=n, size=size, channels=channels, seed=len(name))
+        for i in range(n):
+            lines.append(f"{name}/images/synthetic-{i:04d}.png,{name}/masks/synthetic-{i:04d}.png,{name}{i // per}")
+            groups[f"{name}_images_synthetic-{i:04d}"] = f"{name}{i // per}"
+    (root / "list.csv").write_text("\n".join(lines) + "\n")
+    return root / "list.csv", groups
+
+
+def test_grouped_k_fold_ingest_shards_by_fold_and_records_strata(tmp_path):
+    from rich.console import Console
+
+    from unet_dist.data.ingest import summary_table
+
+    csv, groups = _mixed_csv(tmp_path / "raw")
+    manifest = ingest(str(csv), str(tmp_path / "d"), ingest_config("binary", group_column="slide", folds=3), progress=False)
+    folds = manifest["folds"]
+    assert folds["k"] == 3 and manifest["splits"]["val"]["files"] == folds["files"][0]
+    assert manifest["splits"]["train"]["files"] == folds["files"][1] + folds["files"][2]
+    bucket = {}
+    for k, files in enumerate(folds["files"]):
+        for f in files:
+            for row in pq.read_table(str(tmp_path / "d" / f)).to_pylist():
+                bucket[row["id"]] = f"fold-{k}"
+                assert row["split"] == ("val" if k == 0 else "train")
+    assert [sum(1 for b in bucket.values() if b == f"fold-{k}") for k in range(3)] == folds["counts"]
+    bucket.update({i: "test" for i, r in _rows(manifest).items() if r["split"] == "test"})
+    assert set(bucket) == set(groups) and manifest["counts"]["test"] >= 1
+    assert all(len({bucket[i] for i in groups if groups[i] == g}) == 1 for g in set(groups.values()))
+    strata = manifest["strata"]
+    assert any(s.startswith("16-31px 1ch") for s in strata) and any(s.startswith("32-63px 3ch") for s in strata)
+    assert {sp: sum(row[sp] for row in strata.values()) for sp in ("train", "val", "test")} == {
+        sp: manifest["counts"][sp] for sp in ("train", "val", "test")}
+    assert manifest["groups"]["count"] == 6 + 3
+    console = Console(record=True, width=120)
+    console.print(summary_table(manifest))
+    text = console.export_text()
+    assert "folds" in text and "(fold 0 is val)" in text and "9 by column 'slide'" in text and "32-63px 3ch" in text
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 30])
 @pytest.mark.parametrize("ratios", [(0.8, 0.1, 0.1), (0.5, 0.5, 0.0), (0.98, 0.01, 0.01)])
 def test_assign_splits_deterministic_with_val(n, ratios):

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-    """24 synthetic 40-px images: 20 train (even, so the equal split over 2 workers drops none), 2 val, 2 test."""
-    return demo_dataset(str(tmp_path_factory.mktemp("pipe")), n=24, size=40, mode="multiclass")
+    """25 synthetic 40-px images: 20 train (even, so the equal split over 2 workers drops none), 3 val, 2 test."""
+    return demo_dataset(str(tmp_path_factory.mktemp("pipe")), n=25, size=40, mode="multiclass")
 
 
 @pytest.fixture

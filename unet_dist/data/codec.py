@@ -92,6 +92,25 @@ def decode_image(source: bytes | str | os.PathLike[str]) -> np.ndarray:
     return np.ascontiguousarray(_pixel_dtype(arr))
 
 
+_HEADER_KINDS = {"1": (1, 8), "L": (1, 8), "LA": (1, 8), "P": (3, 8), "RGB": (3, 8), "RGBA": (3, 8),
+                 "I;16": (1, 16), "I;16B": (1, 16), "I;16L": (1, 16)}
+
+
+def image_kind(source: bytes | str | os.PathLike[str]) -> tuple[int, int]:
+    """``(channels, bit depth)`` that :func:`decode_image` gives, read from the header where the PNG/JPEG mode
+    says it (a split plan reads every image's kind before ingest decodes it); decodes anything else."""
+    data = _read(source)
+    if not _is_tiff(data):
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.mode in _HEADER_KINDS:
+                    return _HEADER_KINDS[im.mode]
+        except Exception:
+            pass
+    image = decode_image(data)
+    return image.shape[-1], image.dtype.itemsize * 8
+
+
 def _pixel_dtype(arr: np.ndarray) -> np.ndarray:
     """uint8/uint16 as they are, other non-negative integers as uint16, floats as float32/64 if finite."""
     if arr.dtype == np.bool_:

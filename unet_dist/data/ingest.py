@@ -4,6 +4,7 @@ Layout at DEST::
 
     dataset.json                         # written LAST: a dataset exists only if this file does
     data-<id>/{train,val,test}/part-NNNN.parquet
+    data-<id>/{fold-0..fold-K-1,test}/part-NNNN.parquet   # with ingest.folds K: fold 0 is val, the others train
 
 Pairs are validated in id order and streamed into shards as they fill (memory is bounded by the shard size),
 under ``DEST/.tmp-<id>/`` (renamed to ``DEST/data-<id>/``; on S3 written there directly), and the manifest is
@@ -27,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,15 +38,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from unet_dist.config import IngestConfig, StorageConfig
-from unet_dist.data.codec import IMAGE_SUFFIXES, decode_image, decode_mask, encode_lossless, encode_png
+from unet_dist.data.codec import IMAGE_SUFFIXES, decode_image, decode_mask, encode_lossless, encode_png, image_kind
 from unet_dist.data.intensity import PixelSummary, image_stats, summarise
 from unet_dist.data.manifest import (  # noqa: F401  (dataset_exists, read_manifest, split_paths: re-exported for callers)
     MANIFEST, PARQUET_SCHEMA, SCHEMA_VERSION, SPLITS, dataset_exists, read_manifest, split_paths,
 )
 from unet_dist.data.problems import PairError, Problem, ProblemKind, count, problems_error, summary_lines, write_list
+from unet_dist.data.splits import Plan, Traits, counts_by_stratum, plan, strata
 from unet_dist.errors import ConfigError, DataError
 from unet_dist.storage import Location, check_writable, resolve
 
+T = TypeVar("T")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -57,6 +60,7 @@ class Pair:
     image: str | None
     mask: str | None
     split: str | None = None
+    group: str | None = None
 
 
 @dataclass
@@ -129,8 +133,9 @@ def _scan_csv(src: Location, cfg: IngestConfig) -> _Scan:
     missing = [c for c in ("image", "mask") if c not in cols]
     if missing:
         raise DataError(f"{src.uri}: CSV manifest needs columns image,mask (found {cols}); missing {missing}")
-    if cfg.split_column and cfg.split_column not in cols:
-        raise ConfigError(f"ingest.split_column: column {cfg.split_column!r} not in {src.uri} (columns: {cols})")
+    for key, column in (("split_column", cfg.split_column), ("group_column", cfg.group_column)):
+        if column and column not in cols:
+            raise ConfigError(f"ingest.{key}: column {column!r} not in {src.uri} (columns: {cols})")
     base = posixpath.dirname(src.uri) if src.is_s3 else os.path.dirname(src.path)
     scan = _Scan()
     seen: dict[str, int] = {}
@@ -158,7 +163,7 @@ def _scan_csv(src: Location, cfg: IngestConfig) -> _Scan:
         if mask_uri is None:
             scan.problems.append(Problem(image_uri, f"mask is missing (empty mask column at {where})", ProblemKind.MISSING_MASK))
             continue
-        scan.pairs.append(Pair(rel, image_uri, mask_uri, split))
+        scan.pairs.append(Pair(rel, image_uri, mask_uri, split, row.get(cfg.group_column, "") if cfg.group_column else None))
     return scan
 
 
@@ -178,6 +183,8 @@ def discover(src: str, cfg: IngestConfig, storage: StorageConfig | None = None) 
     else:
         if not loc.exists():
             raise DataError(f"source {loc.uri} not found: pass a folder/prefix with images/ and masks/, or a CSV manifest")
+        if cfg.group_column:
+            raise ConfigError(f"ingest.group_column: groups are read from a CSV manifest column; {loc.uri} is a folder")
         scan = _scan_folder(loc)
     return scan.pairs, scan.problems
 
@@ -244,24 +251,37 @@ def _load(pair: Pair, cfg: IngestConfig, storage: StorageConfig | None, num_clas
 
 
 def assign_splits(ids: list[str], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
-    """Deterministic id -> split from seed and ratios; at least one val item when n >= 2 and val ratio > 0."""
-    n = len(ids)
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(n)] if n else []
-    n_val = int(round(n * ratios[1]))
-    n_test = int(round(n * ratios[2]))
-    if ratios[1] > 0 and n >= 2:
-        n_val = max(n_val, 1)
-    if ratios[0] > 0 and n >= 1:
-        while n_val + n_test > n - 1 and (n_test > 0 or n_val > 1):
-            if n_test > 0:
-                n_test -= 1
-            else:
-                n_val -= 1
-    n_val, n_test = min(n_val, n), min(n_test, max(n - n_val, 0))
-    out = {i: "val" for i in order[:n_val]}
-    out.update({i: "test" for i in order[n_val:n_val + n_test]})
-    out.update({i: "train" for i in order[n_val + n_test:]})
-    return out
+    """Deterministic id -> split from seed and ratios, unstratified; at least one val item when n >= 2 and the val
+    ratio > 0 (see :mod:`unet_dist.data.splits`)."""
+    return plan(ids, ratios, seed).split
+
+
+def _traits(pair: Pair, cfg: IngestConfig, storage: StorageConfig | None) -> Traits | None:
+    """A pair's stratum traits from its mask and its image's header; None when either is unreadable (validation
+    says why later)."""
+    assert pair.image is not None and pair.mask is not None
+    try:
+        labels = labels_from_mask(decode_mask(_read(pair.mask, storage, "mask")), cfg)
+        channels, bits = image_kind(_read(pair.image, storage, "image"))
+    except (PairError, DataError):
+        return None
+    return Traits(labels.shape[0], labels.shape[1], channels, bits, float(np.count_nonzero(labels)) / labels.size)
+
+
+def _plan(pairs: list[Pair], cfg: IngestConfig, storage: StorageConfig | None, console: Console, show: bool) -> Plan:
+    """Every pair's split and fold, from the split column or the ratios, stratified by traits surveyed first."""
+    stratum_of = None
+    if cfg.stratify:
+        traits: dict[str, Traits | None] = {}
+        with _progress(console, show) as bar:
+            task = bar.add_task("survey", total=len(pairs), rate="")
+            for pair, found in _mapped(pairs, lambda p: _traits(p, cfg, storage)):
+                traits[pair.id] = found
+                bar.update(task, advance=1)
+        stratum_of = strata(traits)
+    fixed = {p.id: p.split or "train" for p in pairs} if cfg.split_column else None
+    groups = {p.id: p.group for p in pairs if p.group}
+    return plan([p.id for p in pairs], cfg.split, cfg.seed, stratum_of, groups, cfg.folds, fixed)
 
 
 def _class_names(cfg: IngestConfig) -> list[str]:
@@ -314,29 +334,31 @@ class _ShardWriter:
 
     def __init__(self, staging: Location, rows_per_shard: int) -> None:
         self.staging, self.rows_per_shard = staging, rows_per_shard
-        self.buffers: dict[str, list[Record]] = {s: [] for s in SPLITS}
-        self.files: dict[str, list[str]] = {s: [] for s in SPLITS}
+        self.buffers: dict[str, list[Record]] = {}
+        self.files: dict[str, list[str]] = {}
 
     @property
     def shards(self) -> int:
         return sum(len(f) for f in self.files.values())
 
-    def add(self, rec: Record) -> None:
-        buf = self.buffers[rec.split]
+    def add(self, rec: Record, bucket: str) -> None:
+        """Buffer ``rec`` for the shard folder ``bucket`` (its split, or its fold)."""
+        buf = self.buffers.setdefault(bucket, [])
         buf.append(rec)
         if len(buf) >= self.rows_per_shard:
-            self._flush(rec.split)
+            self._flush(bucket)
 
     def close(self) -> dict[str, list[str]]:
-        for split in SPLITS:
-            self._flush(split)
+        for bucket in list(self.buffers):
+            self._flush(bucket)
         return self.files
 
-    def _flush(self, split: str) -> None:
-        rows, self.buffers[split] = self.buffers[split], []
+    def _flush(self, bucket: str) -> None:
+        rows, self.buffers[bucket] = self.buffers[bucket], []
         if not rows:
             return
-        name = f"{split}/part-{len(self.files[split]):04d}.parquet"
+        files = self.files.setdefault(bucket, [])
+        name = f"{bucket}/part-{len(files):04d}.parquet"
         table = pa.table({
             "id": [r.pair.id for r in rows],
             "image": [r.image_bytes for r in rows],
@@ -347,32 +369,39 @@ class _ShardWriter:
             "bit_depth": [r.bit_depth for r in rows],
             "source": [r.pair.image for r in rows],
             "mask_source": [r.pair.mask for r in rows],
-            "split": [split] * len(rows),
+            "split": [r.split for r in rows],
         }, schema=PARQUET_SCHEMA)
-        self.staging.join(split).mkdir()
+        self.staging.join(bucket).mkdir()
         pq.write_table(table, self.staging.join(name).path, filesystem=self.staging.arrow, compression="none")
-        self.files[split].append(name)
+        files.append(name)
         for r in rows:
             r.image_bytes = r.mask_bytes = b""
 
 
-def _validated(pairs: list[Pair], cfg: IngestConfig, storage: StorageConfig | None,
-               num_classes: int) -> Iterator[tuple[Pair, Record | PairError]]:
-    """Each pair's Record (or its PairError) in ``pairs`` order, decoding a bounded window in parallel threads."""
+def _mapped(pairs: list[Pair], fn: Callable[[Pair], T]) -> Iterator[tuple[Pair, T]]:
+    """``(pair, fn(pair))`` in ``pairs`` order, working on a bounded window in parallel threads."""
     workers = min(8, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         todo = iter(pairs)
-        pending: deque[tuple[Pair, Future[Record]]] = deque(
-            (p, pool.submit(_load, p, cfg, storage, num_classes)) for p in itertools.islice(todo, 4 * workers))
+        pending: deque[tuple[Pair, Future[T]]] = deque((p, pool.submit(fn, p)) for p in itertools.islice(todo, 4 * workers))
         while pending:
             pair, fut = pending.popleft()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_load, nxt, cfg, storage, num_classes)))
-            try:
-                yield pair, fut.result()
-            except PairError as err:
-                yield pair, err
+                pending.append((nxt, pool.submit(fn, nxt)))
+            yield pair, fut.result()
+
+
+def _validated(pairs: list[Pair], cfg: IngestConfig, storage: StorageConfig | None,
+               num_classes: int) -> Iterator[tuple[Pair, Record | PairError]]:
+    """Each pair's Record (or its PairError) in ``pairs`` order."""
+    def attempt(pair: Pair) -> Record | PairError:
+        try:
+            return _load(pair, cfg, storage, num_classes)
+        except PairError as err:
+            return err
+
+    return _mapped(pairs, attempt)
 
 
 def ingest(
@@ -405,10 +434,7 @@ def ingest(
         raise DataError(f"no images found in {src_loc.uri}: expected images/ and masks/ with .png/.jpg/.tif files, or a CSV manifest")
     _prepare_dest(dest_loc)
     pairs = sorted(pairs, key=lambda p: p.id)
-    if cfg.split_column:
-        split_of = {p.id: p.split or "train" for p in pairs}
-    else:
-        split_of = assign_splits([p.id for p in pairs], cfg.split, cfg.seed)
+    placed = _plan(pairs, cfg, storage, console, progress)
 
     created = not dest_loc.exists()
     check_writable(dest_loc) if dest_loc.is_s3 else dest_loc.mkdir()
@@ -425,11 +451,11 @@ def ingest(
                 if isinstance(result, PairError):
                     problems.append(Problem(pair.image or pair.id, str(result), result.kind))
                 else:
-                    result.split = split_of[pair.id]
+                    result.split = placed.split[pair.id]
                     records.append(result)
                     nbytes += len(result.image_bytes) + len(result.mask_bytes)
                     if cfg.skip_invalid or len(problems) == n_bad:
-                        writer.add(result)
+                        writer.add(result, placed.bucket(pair.id))
                     else:
                         result.image_bytes = result.mask_bytes = b""
                 bar.update(task, advance=1, rate=_rate(len(records) + len(problems) - n_bad, nbytes, start, "pairs")
@@ -442,7 +468,7 @@ def ingest(
         if not records:
             raise DataError(f"no valid pairs in {src_loc.uri} ({len(problems)} invalid); nothing to write")
         files = writer.close()
-        manifest = _manifest(records, problems, files, names, cfg, src_loc, version)
+        manifest = _manifest(records, problems, files, names, cfg, src_loc, version, placed)
     except BaseException:
         _discard(dest_loc, staging, created)
         raise
@@ -463,8 +489,39 @@ def _discard(dest: Location, staging: Location, created: bool) -> None:
         pass
 
 
+def _split_files(files: dict[str, list[str]], version: str, folds: int) -> dict[str, list[str]]:
+    """Each split's shard paths: a split's own folder, or with folds, val = fold 0 and train = the other folds."""
+    fold_split = {f"fold-{k}": ("val" if k == 0 else "train") for k in range(folds)}
+    out: dict[str, list[str]] = {sp: [] for sp in SPLITS}
+    for bucket in sorted(files, key=lambda b: (b.startswith("fold-") and int(b[5:]), b)):
+        out[fold_split.get(bucket, bucket)] += [f"{version}/{f}" for f in files[bucket]]
+    return out
+
+
+def _placement(records: list[Record], placed: Plan, files: dict[str, list[str]], cfg: IngestConfig,
+               version: str) -> dict[str, Any]:
+    """The manifest's record of how pairs were placed: strata and their counts per split, groups, folds."""
+    ids = [r.pair.id for r in records]
+    out: dict[str, Any] = {"strata": counts_by_stratum(placed, ids)}
+    if cfg.group_column:
+        groups = {sp: len({placed.groups[i] for i in ids if i in placed.groups and placed.split[i] == sp}) for sp in SPLITS}
+        out["groups"] = {"column": cfg.group_column, "count": len({placed.groups[i] for i in ids if i in placed.groups}),
+                         "per_split": groups}
+    if cfg.folds:
+        out["folds"] = {"k": cfg.folds, "counts": [sum(1 for i in ids if placed.fold.get(i) == k) for k in range(cfg.folds)],
+                        "files": [[f"{version}/{f}" for f in files.get(f"fold-{k}", [])] for k in range(cfg.folds)]}
+    return out
+
+
+def _split_by(cfg: IngestConfig) -> str | dict[str, Any]:
+    if cfg.split_column:
+        return f"column:{cfg.split_column}"
+    return {"ratios": list(cfg.split), "seed": cfg.seed,
+            "stratified_by": ["size", "channels", "bit_depth", "foreground_tertile"] if cfg.stratify else []}
+
+
 def _manifest(records: list[Record], problems: list[Problem], files: dict[str, list[str]], names: list[str],
-              cfg: IngestConfig, src: Location, version: str) -> dict[str, Any]:
+              cfg: IngestConfig, src: Location, version: str, placed: Plan) -> dict[str, Any]:
     counts = np.sum([r.class_counts for r in records], axis=0).astype(np.int64)
     total_px = int(counts.sum())
     stats = image_stats([r.pixels for r in records], [r.split == "train" for r in records], cfg)
@@ -472,6 +529,7 @@ def _manifest(records: list[Record], problems: list[Problem], files: dict[str, l
     for r in records:
         fp.update(r.digest.encode())
     heights, widths = [r.height for r in records], [r.width for r in records]
+    split_files = _split_files(files, version, cfg.folds)
     return {
         "schema_version": SCHEMA_VERSION,
         "format": "unet-dist/parquet",
@@ -486,8 +544,9 @@ def _manifest(records: list[Record], problems: list[Problem], files: dict[str, l
         "counts": {**{sp: sum(1 for r in records if r.split == sp) for sp in SPLITS}, "total": len(records)},
         "splits": {sp: {"count": sum(1 for r in records if r.split == sp),
                         "pixels": int(sum(r.height * r.width for r in records if r.split == sp)),
-                        "files": [f"{version}/{f}" for f in files[sp]]} for sp in SPLITS},
-        "split_by": f"column:{cfg.split_column}" if cfg.split_column else {"ratios": list(cfg.split), "seed": cfg.seed},
+                        "files": split_files[sp]} for sp in SPLITS},
+        "split_by": _split_by(cfg),
+        **_placement(records, placed, files, cfg, version),
         "class_pixel_counts": {n: int(c) for n, c in zip(names, counts)},
         "class_pixel_freq": {n: (float(c) / total_px if total_px else 0.0) for n, c in zip(names, counts)},
         "image_stats": stats,
@@ -530,6 +589,28 @@ def summary_table(manifest: dict[str, Any]) -> Table:
     table.add_row("intensity", f"{stats.get('scale', {}).get('intensity', 'dtype')}: "
                                + ", ".join(f"{d} {lo:g}..{hi:g} -> 0..1" for d, (lo, hi) in ranges.items()))
     table.add_row("mean / std", ", ".join(f"{m:.4f}/{s:.4f}" for m, s in zip(stats["mean"], stats["std"])))
+    _placement_rows(table, manifest)
     table.add_row("fingerprint", manifest["fingerprint"][:16])
     table.add_row("skipped", str(len(manifest["skipped"])))
     return table
+
+
+_STRATA_SHOWN = 8
+
+
+def _placement_rows(table: Table, manifest: dict[str, Any]) -> None:
+    """Summary rows for the strata (train/val/test per stratum, the largest first), groups and folds."""
+    shown = sorted(manifest.get("strata", {}).items(), key=lambda kv: -sum(kv[1].values()))
+    if len(shown) > 1:
+        table.add_row("strata", f"{len(shown)}, train/val/test each:")
+        for label, n in shown[:_STRATA_SHOWN]:
+            table.add_row(f"  {label}", f"{n['train']}/{n['val']}/{n['test']}")
+        if len(shown) > _STRATA_SHOWN:
+            table.add_row("  ...", f"{len(shown) - _STRATA_SHOWN} more in dataset.json")
+    if "groups" in manifest:
+        g = manifest["groups"]
+        table.add_row("groups", f"{g['count']} by column {g['column']!r}; per split "
+                                + ", ".join(f"{sp} {n}" for sp, n in g["per_split"].items()))
+    if "folds" in manifest:
+        f = manifest["folds"]
+        table.add_row("folds", f"{f['k']} (fold 0 is val): " + "/".join(str(n) for n in f["counts"]) + " pairs")
