@@ -125,13 +125,14 @@ class DataConfig(_Section):
     """Streaming an ingested dataset into training workers."""
 
     dataset: str = Field("", description="URI of an ingested dataset (dir with dataset.json); empty = synthetic demo data.")
-    crop_size: int = Field(256, ge=16, description="Training crop (pads smaller images).")
+    crop_size: int | Literal["auto"] = Field(256, description="Training crop side (pads smaller images); auto: planned from the dataset as nnU-Net plans its patch: the train split's median image side, capped so a batch holds at most 4 x 256^2 pixels, rounded down to a multiple of 2^model.depth.")
     batch_size: int = Field(4, ge=1, description="Per-worker batch size.")
     val_batch_size: int = Field(2, ge=1)
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
     intensity_jitter: float = Field(0.1, ge=0.0, le=1.0, description="Max brightness/contrast change.")
+    normalize: Literal["dataset", "image"] = Field("dataset", description="Standardise inputs with the train split's per-channel mean/std (dataset), or each image with its own (image: nnU-Net's choice for non-CT data, for sets mixing modalities or exposures). Checkpoints carry the choice, so evaluate and predict follow it.")
     foreground_oversample: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of training crops centred on a random foreground pixel (nnU-Net uses 1/3), so small objects on large empty images reach the loss; the rest are uniform random crops. An image without foreground gets a random crop.")
     num_crops_per_image: int | Literal["auto"] = Field(1, description="Random crops drawn per image per epoch; auto: the mean train image area over the crop area (at least 1), so an epoch covers about every pixel once (fewer, longer epochs: more images/s, fewer validations).")
     shuffle_buffer: int = Field(64, ge=1, description="Rows in each worker's local shuffle buffer (seeded per epoch).")
@@ -140,6 +141,13 @@ class DataConfig(_Section):
     def _crops(cls, v: int | str) -> int | str:
         if isinstance(v, int) and v < 1:
             raise ValueError(f"data.num_crops_per_image must be >= 1 or auto, got {v}")
+        return v
+
+    @field_validator("crop_size")
+    @classmethod
+    def _crop_size(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 16:
+            raise ValueError(f"data.crop_size must be >= 16 or auto, got {v}")
         return v
 
     materialize: bool = Field(True, description="Read the dataset into the object store before training (splits under 64 MiB by the driver, larger ones by Ray Data tasks); needed when workers hold every CPU (else read tasks starve).")

@@ -81,6 +81,28 @@ def test_to_model_input_channels_and_normalisation():
     torch.testing.assert_close(to_model_input(g16, 1, None), torch.ones(1, 2, 2))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_per_image_normalisation_ignores_gain_and_offset(channels):
+    """``normalize: image``: each channel standardised by the image's own mean/std, so an exposure change (a gain and
+    an offset) gives the same input; a constant channel gives zeros, not NaN. The pipeline spec and checkpoints
+    carry the choice."""
+    from unet_dist.data.pipeline import PipelineSpec
+
+    rng = np.random.default_rng(0)
+    dim = rng.integers(200, 2000, (40, 56, channels)).astype(np.uint16)
+    bright = (dim.astype(np.int64) * 3 + 5000).astype(np.uint16)
+    spec = PipelineSpec(in_channels=channels, num_classes=2, mean=(0.3,) * channels, std=(0.1,) * channels, normalize="image")
+    a, b = to_model_input(dim, channels, spec.stats), to_model_input(bright, channels, spec.stats)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a.mean((1, 2)), torch.zeros(channels), atol=1e-5)
+    assert torch.allclose(a.std((1, 2), correction=0), torch.ones(channels), atol=1e-4)
+    flat = to_model_input(np.full((8, 8, channels), 7, np.uint8), channels, spec.stats)
+    assert torch.equal(flat, torch.zeros(channels, 8, 8))
+    by_dataset = PipelineSpec(in_channels=channels, num_classes=2, mean=(0.3,) * channels, std=(0.1,) * channels)
+    assert "normalize" not in by_dataset.stats and by_dataset.with_stats(spec.stats).normalize == "image"
+    assert not torch.allclose(to_model_input(dim, channels, by_dataset.stats), to_model_input(bright, channels, by_dataset.stats))
+
+
 def test_image_kind_from_the_header_agrees_with_decoding():
     """The split survey reads channels and bit depth from headers; they must be what ingest then decodes."""
     import tifffile

@@ -238,7 +238,36 @@ def test_crops_per_image_auto_covers_the_mean_image_area(setting, crop: int, exp
     from unet_dist.data.pipeline import crops_per_image
 
     manifest = {"splits": {"train": {"count": 24, "pixels": 24 * 512 * 512}}}
-    assert crops_per_image(DataConfig(num_crops_per_image=setting, crop_size=crop), manifest) == expected
+    assert crops_per_image(DataConfig(num_crops_per_image=setting, crop_size=crop), manifest, crop) == expected
+
+
+@pytest.mark.parametrize("median,batch,depth,expected", [
+    ([256, 320], 4, 4, 256),   # the median image, whole
+    ([128, 128], 4, 4, 128),   # small images: crops no larger than them (256² crops would be mostly padding)
+    ([1040, 1392], 4, 5, 256),  # large images: capped at 4 x 256² pixels a batch
+    ([1040, 1392], 16, 4, 128),  # ... which a larger batch shares
+    ([100, 90], 2, 3, 80),     # rounded down to a multiple of 16 (and of 2**depth)
+    ([20, 20], 2, 5, 32),      # never below one 2**depth step
+])
+def test_auto_crop_is_the_median_image_capped_by_batch_pixels(median, batch, depth, expected) -> None:
+    from unet_dist.data.pipeline import crop_size, pipeline_spec
+
+    manifest = {"image_size": {"median_hw": median}, "splits": {"train": {"count": 2, "pixels": 2 * median[0] * median[1]}},
+                "image_stats": {"mean": [0.5], "std": [0.2]}, "num_classes": 2}
+    cfg = DataConfig(crop_size="auto", batch_size=batch, num_crops_per_image="auto")
+    assert crop_size(cfg, manifest, 2**depth) == expected
+    spec = pipeline_spec(cfg, None, 1, manifest, pad_multiple=2**depth)
+    assert spec.crop_size == expected and spec.num_crops_per_image == max(1, round(median[0] * median[1] / expected**2))
+    assert crop_size(DataConfig(crop_size=96), manifest, 2**depth) == 96
+
+
+def test_auto_crop_plans_from_an_ingested_sets_median(tmp_path) -> None:
+    from unet_dist.data.pipeline import crop_size
+
+    dataset = demo_dataset(str(tmp_path), n=6, size=72)
+    manifest = read_manifest(dataset)
+    assert manifest["image_size"]["median_hw"] == [72, 72]
+    assert crop_size(DataConfig(crop_size="auto"), manifest, 8) == 64
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.33, 1.0])

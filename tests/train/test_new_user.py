@@ -34,11 +34,26 @@ def _ingest_csv(tmp_path, train_sizes: list[int], val_sizes: list[int]) -> str:
 def test_mixed_size_validation_trains_and_writes_every_overlay(small_config, ray_local, tmp_path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    """A new user's mixed set, cropped as planned from it (data.crop_size=auto) and standardised per image
+    (data.normalize=image): every overlay is written, and the checkpoint alone carries the normalisation, so
+    evaluate reproduces the run's validation exactly."""
+    from rich.console import Console
+
+    from unet_dist.inference.evaluate import evaluate
+    from unet_dist.inference.model import load_model
+    from unet_dist.runs import RunDir
+
     dataset = _ingest_csv(tmp_path, [64, 72, 80, 64, 96, 56], [40, 88, 64, 104])
-    cfg = small_config(dataset, str(tmp_path / "runs"), "data.crop_size=48", "resources.num_workers=1",
-                       "train.epochs=2", "train.log_images=4", "train.name=mixed")
-    summary = fit(cfg, progress=False)
+    cfg = small_config(dataset, str(tmp_path / "runs"), "data.crop_size=auto", "resources.num_workers=1",
+                       "train.epochs=2", "train.log_images=4", "train.name=mixed", "data.normalize=image")
+    console = Console(record=True, width=200)
+    summary = fit(cfg, progress=False, console=console)
+    assert "planned from the dataset: crop 64x64 (data.crop_size=auto)" in console.export_text()  # median side 68, 16-px steps
     assert summary.epochs == 2 and summary.best_checkpoint
+    assert load_model(summary.best_checkpoint).image_stats["normalize"] == "image"
+    measured = evaluate(summary.best_checkpoint, split="val", batch_size=3)
+    reported = RunDir(resolve(tmp_path / "runs" / "mixed")).metrics()[measured["epoch"]]
+    assert measured["confusion_matrix"] == reported["val_confusion_matrix"]
     acc = EventAccumulator(str(resolve(summary.tensorboard_dir).path), size_guidance={"images": 0}).Reload()
     tags = sorted(t for t in acc.Tags()["images"] if t.startswith("val/overlay/"))
     assert tags == [f"val/overlay/{i}" for i in range(4)]

@@ -219,7 +219,8 @@ def to_model_input(image: np.ndarray, in_channels: int, stats: Mapping[str, Any]
     ``{"intensity": "auto", "ranges": {"uint8": [0, 255], "uint16": [0, 4095]}}``). Gray becomes 3 channels
     by repetition, RGB becomes 1 channel by luminance. ``stats`` is the manifest's ``image_stats``
     (``mean``/``std`` per stored channel in scaled units, plus ``scale``); without ``mean``/``std`` the
-    image is only scaled, and None scales by dtype.
+    image is only scaled, and None scales by dtype. ``stats["normalize"] == "image"`` (``data.normalize``)
+    standardises each channel by the image's own mean/std instead (a constant channel becomes 0).
     """
     arr = image if image.ndim == 3 else image[..., None]
     low, high = intensity_range(arr.dtype, stats)
@@ -235,7 +236,11 @@ def to_model_input(image: np.ndarray, in_channels: int, stats: Mapping[str, Any]
             x = (x * torch.tensor(_LUMA).view(3, 1, 1)).sum(0, keepdim=True)
         else:
             raise DataError(f"cannot feed a {c}-channel image to a model with in_channels={in_channels}")
-    if stats and "mean" in stats:
+    if stats and stats.get("normalize") == "image":
+        flat = x.reshape(x.shape[0], -1).double()
+        mean, std = flat.mean(1).view(-1, 1, 1), flat.std(1, correction=0).view(-1, 1, 1)
+        x = ((x - mean) / torch.where(std > 1e-6, std, torch.ones_like(std))).float()
+    elif stats and "mean" in stats:
         mean = _channel_stats(stats["mean"], in_channels, luma=True).view(-1, 1, 1)
         std = _channel_stats(stats["std"], in_channels, luma=False).view(-1, 1, 1).clamp(min=1e-6)
         x = (x - mean) / std

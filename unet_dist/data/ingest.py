@@ -513,6 +513,11 @@ def _placement(records: list[Record], placed: Plan, files: dict[str, list[str]],
     return out
 
 
+def _median_hw(records: list[Record]) -> list[int]:
+    """The median height and width of ``records`` (the train split's): what ``data.crop_size: auto`` plans from."""
+    return [int(np.median([r.height for r in records])), int(np.median([r.width for r in records]))]
+
+
 def _split_by(cfg: IngestConfig) -> str | dict[str, Any]:
     if cfg.split_column:
         return f"column:{cfg.split_column}"
@@ -550,7 +555,8 @@ def _manifest(records: list[Record], problems: list[Problem], files: dict[str, l
         "class_pixel_counts": {n: int(c) for n, c in zip(names, counts)},
         "class_pixel_freq": {n: (float(c) / total_px if total_px else 0.0) for n, c in zip(names, counts)},
         "image_stats": stats,
-        "image_size": {"min_hw": [min(heights), min(widths)], "max_hw": [max(heights), max(widths)]},
+        "image_size": {"min_hw": [min(heights), min(widths)], "max_hw": [max(heights), max(widths)],
+                       "median_hw": _median_hw([r for r in records if r.split == "train"] or records)},
         "skipped": [p.to_json() for p in problems],
         "rows_per_shard": cfg.rows_per_shard,
         "parquet_columns": PARQUET_SCHEMA.names,

@@ -30,6 +30,7 @@ so a run reads ``dataset.json`` once.
 from __future__ import annotations
 
 import hashlib
+import math
 import zlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterator
@@ -70,6 +71,7 @@ class PipelineSpec:
     pad_multiple: int = 1
     scale: tuple[tuple[str, float, float], ...] = ()
     intensity: str = "dtype"
+    normalize: str = "dataset"
     train_rows: int | None = None  # rows in the train split: each worker's equal share when "train" is not split
 
     @property
@@ -78,11 +80,14 @@ class PipelineSpec:
         out: dict[str, Any] = {"mean": list(self.mean), "std": list(self.std)}
         if self.scale:
             out["scale"] = {"intensity": self.intensity, "ranges": {d: [lo, hi] for d, lo, hi in self.scale}}
+        if self.normalize != "dataset":
+            out["normalize"] = self.normalize
         return out
 
     def with_stats(self, stats: dict[str, Any]) -> "PipelineSpec":
         """This spec normalising with ``stats`` instead (a checkpoint's training statistics)."""
-        return replace(self, mean=tuple(stats["mean"]), std=tuple(stats["std"]), **_scale_fields(stats))
+        return replace(self, mean=tuple(stats["mean"]), std=tuple(stats["std"]), normalize=stats.get("normalize", "dataset"),
+                       **_scale_fields(stats))
 
 
 def _scale_fields(stats: dict[str, Any]) -> dict[str, Any]:
@@ -93,14 +98,41 @@ def _scale_fields(stats: dict[str, Any]) -> dict[str, Any]:
     return {"scale": ranges, "intensity": str(scale.get("intensity", "dtype"))}
 
 
-def crops_per_image(cfg: DataConfig, manifest: dict[str, Any]) -> int:
+AUTO_CROP_BATCH_PIXELS = 4 * 256**2  # the defaults' batch (4 crops of 256²): fits a 2-core worker and any GPU
+
+
+def crop_size(cfg: DataConfig, manifest: dict[str, Any], multiple: int = 1) -> int:
+    """``data.crop_size``, with ``auto`` planned from the manifest as nnU-Net plans its patch from the dataset's
+    fingerprint: the train split's median image side (the shorter median of height and width), capped so a batch
+    holds at most :data:`AUTO_CROP_BATCH_PIXELS`, rounded down to a multiple of ``multiple`` (2**depth) and 16."""
+    if cfg.crop_size != "auto":
+        return int(cfg.crop_size)
+    median = manifest.get("image_size", {}).get("median_hw")
+    if median:
+        side = float(min(median))
+    else:  # a manifest from before median_hw: the mean train image's side
+        train = manifest.get("splits", {}).get("train", {})
+        side = math.sqrt(train.get("pixels", 0) / max(1, train.get("count", 0)))
+    step = max(16, multiple)
+    return max(step, int(min(side, math.sqrt(AUTO_CROP_BATCH_PIXELS / cfg.batch_size))) // step * step)
+
+
+def planned(cfg: DataConfig, spec: PipelineSpec) -> str | None:
+    """One line on what ``auto`` settings resolved to (shown when a run starts), or None without any."""
+    parts = [f"crop {spec.crop_size}x{spec.crop_size} (data.crop_size=auto)"] if cfg.crop_size == "auto" else []
+    if cfg.num_crops_per_image == "auto":
+        parts.append(f"{spec.num_crops_per_image} crop(s) per image (data.num_crops_per_image=auto)")
+    return "planned from the dataset: " + ", ".join(parts) if parts else None
+
+
+def crops_per_image(cfg: DataConfig, manifest: dict[str, Any], crop: int) -> int:
     """``data.num_crops_per_image``, with ``auto`` resolved from the manifest: the mean train image area over the
-    crop area, rounded, at least 1 (4 for 512² images and 256² crops)."""
+    area of ``crop``-sided crops, rounded, at least 1 (4 for 512² images and 256² crops)."""
     if cfg.num_crops_per_image != "auto":
         return int(cfg.num_crops_per_image)
     train = manifest.get("splits", {}).get("train", {})
     mean_area = train.get("pixels", 0) / max(1, train.get("count", 0))
-    return max(1, round(mean_area / cfg.crop_size**2))
+    return max(1, round(mean_area / crop**2))
 
 
 def pipeline_spec(cfg: DataConfig, storage: StorageConfig | None, in_channels: int, manifest: dict[str, Any],
@@ -108,11 +140,12 @@ def pipeline_spec(cfg: DataConfig, storage: StorageConfig | None, in_channels: i
     """The worker-side spec for the dataset whose ``manifest`` the caller read; ``pad_multiple`` rounds validation
     sizes up (e.g. 2**depth). ``storage`` is unused and kept so every data entry point takes the same leading args."""
     stats = manifest["image_stats"]
+    crop = crop_size(cfg, manifest, pad_multiple)
     return PipelineSpec(
         in_channels=in_channels, num_classes=int(manifest["num_classes"]), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
-        **_scale_fields(stats), crop_size=cfg.crop_size, hflip=cfg.hflip, vflip=cfg.vflip, rot90=cfg.rot90, intensity_jitter=cfg.intensity_jitter,
-        foreground_oversample=cfg.foreground_oversample,
-        num_crops_per_image=crops_per_image(cfg, manifest), shuffle_buffer=cfg.shuffle_buffer, pad_multiple=pad_multiple,
+        **_scale_fields(stats), crop_size=crop, hflip=cfg.hflip, vflip=cfg.vflip, rot90=cfg.rot90, intensity_jitter=cfg.intensity_jitter,
+        foreground_oversample=cfg.foreground_oversample, normalize=cfg.normalize,
+        num_crops_per_image=crops_per_image(cfg, manifest, crop), shuffle_buffer=cfg.shuffle_buffer, pad_multiple=pad_multiple,
     )
 
 

@@ -260,6 +260,8 @@ def fit(cfg: Config, *, callbacks: Sequence[Any] = (), recorders: Sequence[Recor
     and TensorBoard (:mod:`unet_dist.train.recorder`)."""
     from rich.console import Console
 
+    from unet_dist.data.pipeline import planned
+
     t_start = time.time()
     console = console or Console(stderr=True)
     manifest = preflight(cfg)
@@ -271,6 +273,8 @@ def fit(cfg: Config, *, callbacks: Sequence[Any] = (), recorders: Sequence[Recor
         data = prepare_data(cfg, manifest)
         gpu = decide_gpu(cfg)
         console.print(f"[dim]{gpu.reason}[/]", highlight=False, soft_wrap=True)
+        if note := planned(cfg.data, data.spec):
+            console.print(f"[dim]{note}[/]", highlight=False, soft_wrap=True)
         trainer = build_trainer(cfg, run.loc, callbacks=callbacks, recorders=default_recorders(recorders), datasets=data, gpu=gpu)
         _start_record(run, cfg, name, manifest, gpu)
         _run(trainer, run, cfg, name, console if progress else None)
