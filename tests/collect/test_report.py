@@ -141,6 +141,7 @@ def test_campaign_report_of_a_copied_tree(collect_tree: dict, tmp_path: Path, ca
     assert per_class == {**measured["per_class_iou"], "mean": measured["mean_iou"]}  # exact: repr round-trips
     images = page.png("test-view")
     assert len(images) == 2 + 3  # confusion matrix, histogram, all 3 test images (fewer than 5 + 5)
+    assert len({r["pixels"] for r in measured["per_image"]}) == 1 and "Every image has the same size" in text
     shown = [i for s, g, i in page.figures if s == "test-view"]
     assert shown == [r["id"] for r in reversed(measured["per_image"])] and set(shown) == _split_ids(collect_tree["dataset"], "test")
 
@@ -168,6 +169,24 @@ def test_report_without_a_test_split_says_so_and_uses_val(collect_tree: dict, is
     assert report.split == "val" and page.sections["test-view"]["data-split"] == "val"
     assert "has no test split" in report.html and any("no test split" in n for n in report.notes)
     assert {i for s, _, i in page.figures if s == "test-view"} == _split_ids(no_test, "val")
+
+
+def test_the_histogram_marks_the_few_large_images_of_a_mixed_set(collect_tree: dict, tmp_path: Path) -> None:
+    """Five 40-px test images and one of 160 px (its 25,600 pixels outweigh the other 8,000): the page names that one
+    image as holding half the pixels, and draws its bar in its own colour."""
+    from tests.train.datagen import write_csv, write_pairs
+    from unet_dist.data.ingest import ingest
+
+    names = write_pairs(tmp_path / "raw", [48, 40, 40, 40, 40, 40, 160])
+    rows = [(f"images/{n}", f"masks/{n}", "train" if i == 0 else "test") for i, n in enumerate(names)]
+    mixed = str(tmp_path / "mixed")
+    ingest(str(write_csv(tmp_path / "raw" / "list.csv", rows)), mixed, IngestConfig(split_column="split"), progress=False)
+    report = write_report(f"{collect_tree['local']}/{collect_tree['run']}", str(tmp_path / "r.html"), dataset=mixed,
+                          val_images=1)
+    assert "In orange, the 1 largest of 6 images: they hold half the pixels" in report.html
+    histogram = next(a for s, a in Page(report.html).images if s == "test-view" and "histogram" in a["alt"])
+    colours = Image.open(io.BytesIO(base64.b64decode(histogram["src"].split(",", 1)[1]))).convert("RGB").getcolors(1 << 20)
+    assert (255, 127, 14) in {c for _, c in colours}  # matplotlib's C1, the heavy images' colour
 
 
 def _ray_path(checkpoint: str, split: str, dataset: str) -> dict[str, Any]:

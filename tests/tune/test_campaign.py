@@ -94,9 +94,10 @@ def test_impossible_points_are_skipped_or_recorded_invalid(small_config, ray_loc
 def test_an_erroring_trial_is_recorded_and_the_others_finish(small_config, ray_local, synthetic_dataset, tmp_path,
                                                             monkeypatch) -> None:
     monkeypatch.setenv(FAULT_ENV, "rank=0,epoch=0,step=0,raise=boom in trial,if=model.unpooling:bilinear")
-    space = {"model.unpooling": {"grid": ["bilinear", "transpose"]}}  # the erroring trial first: the next one still runs
+    space = {"model.unpooling": {"grid": ["bilinear", "transpose"]}}  # one trial errors while the other runs beside it
     cfg = _campaign(small_config, synthetic_dataset, str(tmp_path), space, "train.epochs=1", "tune.name=err",
-                    "tune.scheduler=fifo", "tune.num_samples=1", "train.max_failures=0", "resources.num_workers=1")
+                    "tune.scheduler=fifo", "tune.num_samples=1", "train.max_failures=0", "resources.num_workers=1",
+                    "tune.max_concurrent_trials=2")
     summary = run_campaign(cfg, progress=False)
     by_unpool = {t["params"]["model.unpooling"]: t for t in summary.trials}
     assert by_unpool["bilinear"]["status"] == "error" and "boom in trial" in by_unpool["bilinear"]["error"]

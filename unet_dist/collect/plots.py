@@ -80,11 +80,32 @@ def confusion_png(cm: Sequence[Sequence[int]], class_names: Sequence[str]) -> by
     return _png(fig)
 
 
-def histogram_png(values: Sequence[float], label: str) -> bytes:
-    """The distribution of one per-image score."""
+def heaviest(pixels: Sequence[int], share: float = 0.5) -> list[bool]:
+    """Which images carry ``share`` of all pixels: the fewest, largest first (ties by position). On a uniform set
+    that is half of them; on a mixed set, the few large images that decide a pooled score."""
+    total, held, out = sum(pixels), 0, [False] * len(pixels)
+    for i in sorted(range(len(pixels)), key=lambda i: (-pixels[i], i)):
+        if held >= share * total:
+            break
+        out[i], held = True, held + pixels[i]
+    return out
+
+
+def histogram_png(values: Sequence[float], label: str, heavy: Sequence[bool] | None = None) -> bytes:
+    """The distribution of one per-image score; with ``heavy`` (:func:`heaviest`), the images carrying half the
+    pixels are stacked in their own colour, so a reader sees which scores a pooled number mostly counts."""
     fig = _figure(4.6, 3.0)
     ax = fig.subplots()
-    ax.hist([v for v in values if math.isfinite(v)], bins=20, range=(0.0, 1.0), color="C0", edgecolor="white")
+    marks = heavy if heavy is not None else [False] * len(values)
+    kept = [(v, h) for v, h in zip(values, marks) if math.isfinite(v)]
+    series = [[v for v, h in kept if not h], [v for v, h in kept if h]]
+    n_heavy = len(series[1])
+    labels = ["other images", f"{n_heavy} largest: half the pixels"]
+    ax.hist(series if heavy is not None else series[0], bins=20, range=(0.0, 1.0), stacked=heavy is not None,
+            color=["C0", "C1"] if heavy is not None else "C0", edgecolor="white",
+            label=labels if heavy is not None else None)
+    if heavy is not None:
+        ax.legend(fontsize=8, loc="upper left")
     ax.set_xlabel(label)
     ax.set_ylabel("images")
     ax.yaxis.get_major_locator().set_params(integer=True)

@@ -151,6 +151,7 @@ img.figure{max-width:100%;height:auto;display:block}
 figure{margin:0}figure img{width:100%;height:auto;image-rendering:pixelated;border:1px solid #d8dee4}
 figcaption{font-size:.8em;color:#57606a;overflow-wrap:anywhere}
 .legend span{display:inline-block;width:.9em;height:.9em;margin:0 .3em 0 1em;vertical-align:-.1em}
+.hint{color:#555;font-size:.85em;max-width:52ch;margin:4px 0}
 .note{background:#fff8e5;border-left:4px solid #e3b341;padding:6px 10px;margin:8px 0}
 .status{border-radius:8px;padding:0 6px;font-size:.85em;background:#eaeef2}
 .status.finished{background:#dafbe1}.status.early_stopped{background:#fff1c2}.status.error,.status.failed,
@@ -270,6 +271,20 @@ def _grid(images: dict[str, tuple[bytes, str]], order: list[str], grid_id: str) 
     return f'<div class="grid" id="{grid_id}">' + "".join(_figure(*images[i], i) for i in order if i in images) + "</div>"
 
 
+def _histogram(table: list[dict[str, Any]]) -> str:
+    """The per-image IoU histogram with the images that carry half the pixels marked, and a line saying so."""
+    pixels = [r["pixels"] for r in table]
+    if len(set(pixels)) <= 1:
+        png = plots.histogram_png([r["iou"] for r in table], "IoU per image")
+        note = "Every image has the same size, so each weighs the same in the pooled IoU as in the per-image IoU."
+    else:
+        heavy = plots.heaviest(pixels)
+        png = plots.histogram_png([r["iou"] for r in table], "IoU per image", heavy)
+        note = (f"In orange, the {sum(heavy)} largest of {len(table)} images: they hold half the pixels, so the pooled "
+                "IoU is mostly theirs; the per-image IoU counts every image once.")
+    return _img(png, "per-image IoU histogram; " + note) + f'<p class="hint" id="heavy-images">{_e(note)}</p>'
+
+
 def _test_view(loaded: Any, manifest: dict[str, Any], split: str, progress: bool) -> str:
     from unet_dist.inference.evaluate import evaluate_model
 
@@ -290,9 +305,7 @@ def _test_view(loaded: Any, manifest: dict[str, Any], split: str, progress: bool
     table = out["per_image"]
     body += ('<div class="row"><div><h3>Confusion matrix</h3>'
              + _img(plots.confusion_png(out["confusion_matrix"], names), "confusion matrix")
-             + "</div><div><h3>Per-image IoU</h3>"
-             + _img(plots.histogram_png([r["iou"] for r in table], "IoU per image"), "per-image IoU histogram")
-             + "</div></div>")
+             + "</div><div><h3>Per-image IoU</h3>" + _histogram(table) + "</div></div>")
     captions = {r["id"]: f"{r['id']} · IoU {r['iou']:.3f} · Dice {r['dice']:.3f}" for r in table}
     if len(table) <= 2 * EXTREMES:
         groups = [("all", f"All {len(table)} {split} images, best first", [r["id"] for r in reversed(table)])]
