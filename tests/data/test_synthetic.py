@@ -33,3 +33,26 @@ def test_generate_is_deterministic_and_labelled(tmp_path, mode, channels):
         fg, bg = img[..., 0][mask > 0].mean(), img[..., 0][mask == 0].mean()
         assert fg > bg + 20, "blobs must stand out from the background to be learnable"
     assert labels == set(range(len(CLASS_NAMES[mode])))
+
+
+def test_heterogeneous_set_mixes_sizes_and_modalities_with_sparse_objects(tmp_path) -> None:
+    """The recipe bench/quality.py builds its heterogeneous set from: deterministic, two modalities (gray
+    fluorescence, RGB brightfield), three size classes, objects on a few percent of the pixels; a stratified ingest
+    puts both modalities in val and in test."""
+    import hashlib
+
+    from unet_dist.data.ingest import ingest
+    from unet_dist.data.synthetic import generate_heterogeneous, ingest_config
+
+    def digest(folder) -> str:
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.rglob("*.png")))).hexdigest()
+
+    a, b = generate_heterogeneous(str(tmp_path / "a"), n=40, seed=3), generate_heterogeneous(str(tmp_path / "b"), n=40, seed=3)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    manifest = ingest(a, str(tmp_path / "ds"), ingest_config("binary", split=(0.6, 0.2, 0.2)), progress=False)
+    strata = manifest["strata"]
+    assert {s.split()[0] for s in strata} >= {"64-127px", "256-511px", "512-1023px"}
+    assert {s.split()[1] for s in strata} == {"1ch", "3ch"}
+    assert 0.005 < manifest["class_pixel_freq"]["blob"] < 0.1
+    for split in ("val", "test"):
+        assert {s.split()[1] for s, n in strata.items() if n[split]} == {"1ch", "3ch"}, (split, strata)

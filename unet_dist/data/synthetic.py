@@ -152,6 +152,62 @@ def generate_microscopy(
     return root.uri
 
 
+# (modality, share of the set, image sides drawn from, nucleus radius range in px)
+HETEROGENEOUS_RECIPE: tuple[tuple[str, float, tuple[int, ...], tuple[float, float]], ...] = (
+    ("fluorescence", 0.80, (96, 112, 128, 144), (3.0, 7.0)),
+    ("brightfield", 0.12, (256, 320), (5.0, 11.0)),
+    ("brightfield", 0.08, (512, 640), (6.0, 14.0)),
+)
+
+
+def render_nuclei(rng: np.random.Generator, size: int, modality: str, radius: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """One sparse nuclei pair: ``(image H x W x C float64 in [0, 1], mask H x W uint8)``. ``fluorescence``: bright
+    textured nuclei on a dark background, gray; ``brightfield``: dark, tinted nuclei on a bright, unevenly lit
+    background, RGB. Objects cover a few percent of the image whatever its size."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    mask = np.zeros((size, size), np.uint8)
+    n = max(1, int(rng.poisson(0.03 * size * size / (np.pi * np.mean(radius) ** 2))))
+    for _ in range(n):
+        cy, cx = rng.uniform(0, size, 2)
+        ry, rx = rng.uniform(*radius, 2)
+        theta = rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (dx * np.cos(theta) + dy * np.sin(theta)) / rx
+        v = (-dx * np.sin(theta) + dy * np.cos(theta)) / ry
+        mask[u * u + v * v <= 1.0] = 1
+    texture = 0.5 + 0.5 * np.sin(0.8 * xx + rng.uniform(0, 6)) * np.sin(0.8 * yy)
+    light = _smooth_noise(rng, size, 3)
+    if modality == "fluorescence":
+        img = 0.04 + 0.05 * light
+        img[mask == 1] = rng.uniform(0.35, 0.8) + 0.15 * texture[mask == 1]
+        img = np.clip(img + rng.normal(0.0, 0.03, img.shape), 0, 1)[..., None]
+    else:
+        img = 0.70 + 0.20 * light
+        img[mask == 1] = 0.30 + 0.12 * texture[mask == 1]
+        img = np.clip(img + rng.normal(0.0, 0.04, img.shape), 0, 1)
+        img = np.clip(img[..., None] * np.array([0.95, 0.80, 1.05]) * rng.uniform(0.9, 1.1, 3), 0, 1)
+    return img, mask
+
+
+def generate_heterogeneous(dest: str, n: int = 120, seed: int = 0, storage: StorageConfig | None = None) -> str:
+    """Write a heterogeneous binary set as users bring (:data:`HETEROGENEOUS_RECIPE`): mostly small gray
+    fluorescence images, some larger and a few large RGB brightfield ones, sparse objects everywhere; returns dest's
+    URI. Same arguments give byte-identical files (the recipe is committed, never the data)."""
+    root = resolve(dest, storage)
+    shares = np.cumsum([share for _, share, _, _ in HETEROGENEOUS_RECIPE])
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 7])
+        modality, _, sides, radius = HETEROGENEOUS_RECIPE[int(np.searchsorted(shares, (i + 0.5) / n))]
+        image, mask = render_nuclei(rng, int(rng.choice(sides)), modality, radius)
+        stem = f"{modality}-{i:04d}"
+        root.join("images", f"{stem}.png").write_bytes(encode_png((image * 255).round().astype(np.uint8)))
+        root.join("masks", f"{stem}.png").write_bytes(encode_png(mask))
+    info = {"generator": "unet_dist.data.synthetic.generate_heterogeneous", "n": n, "seed": seed,
+            "recipe": [list(r) for r in HETEROGENEOUS_RECIPE], "class_names": CLASS_NAMES["binary"]}
+    root.join("SYNTHETIC.json").write_text(json.dumps(info, indent=2) + "\n")
+    return root.uri
+
+
 def ingest_config(mode: SyntheticMode = "binary", **overrides: object) -> IngestConfig:
     """The IngestConfig matching synthetic data of ``mode``."""
     return IngestConfig(mask_mode="binary" if mode == "binary" else "multiclass", class_names=CLASS_NAMES[mode], **overrides)
