@@ -47,7 +47,8 @@ def test_heterogeneous_set_mixes_sizes_and_modalities_with_sparse_objects(tmp_pa
     def digest(folder) -> str:
         return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.rglob("*.png")))).hexdigest()
 
-    a, b = generate_heterogeneous(str(tmp_path / "a"), n=40, seed=3), generate_heterogeneous(str(tmp_path / "b"), n=40, seed=3)
+    a = generate_heterogeneous(str(tmp_path / "a"), n=40, seed=3)
+    generate_heterogeneous(str(tmp_path / "b"), n=40, seed=3)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     manifest = ingest(a, str(tmp_path / "ds"), ingest_config("binary", split=(0.6, 0.2, 0.2)), progress=False)
     strata = manifest["strata"]
