@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from unet_dist import catalog
 from unet_dist.errors import ConfigError
@@ -136,18 +136,12 @@ class DataConfig(_Section):
     foreground_oversample: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of training crops centred on a random foreground pixel (nnU-Net uses 1/3), so small objects on large empty images reach the loss; the rest are uniform random crops. An image without foreground gets a random crop.")
     num_crops_per_image: int | Literal["auto"] = Field(1, description="Random crops drawn per image per epoch; auto: the mean train image area over the crop area (at least 1), so an epoch covers about every pixel once (fewer, longer epochs: more images/s, fewer validations).")
     shuffle_buffer: int = Field(64, ge=1, description="Rows in each worker's local shuffle buffer (seeded per epoch).")
-    @field_validator("num_crops_per_image")
+    @field_validator("num_crops_per_image", "crop_size")
     @classmethod
-    def _crops(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError(f"data.num_crops_per_image must be >= 1 or auto, got {v}")
-        return v
-
-    @field_validator("crop_size")
-    @classmethod
-    def _crop_size(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 16:
-            raise ValueError(f"data.crop_size must be >= 16 or auto, got {v}")
+    def _int_or_auto(cls, v: int | str, info: ValidationInfo) -> int | str:
+        least = {"num_crops_per_image": 1, "crop_size": 16}[info.field_name]
+        if isinstance(v, int) and v < least:
+            raise ValueError(f"data.{info.field_name} must be >= {least} or auto, got {v}")
         return v
 
     materialize: bool = Field(True, description="Read the dataset into the object store before training (splits under 64 MiB by the driver, larger ones by Ray Data tasks); needed when workers hold every CPU (else read tasks starve).")

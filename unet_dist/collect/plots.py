@@ -96,15 +96,13 @@ def histogram_png(values: Sequence[float], label: str, heavy: Sequence[bool] | N
     pixels are stacked in their own colour, so a reader sees which scores a pooled number mostly counts."""
     fig = _figure(4.6, 3.0)
     ax = fig.subplots()
-    marks = heavy if heavy is not None else [False] * len(values)
-    kept = [(v, h) for v, h in zip(values, marks) if math.isfinite(v)]
-    series = [[v for v, h in kept if not h], [v for v, h in kept if h]]
-    n_heavy = len(series[1])
-    labels = ["other images", f"{n_heavy} largest: half the pixels"]
-    ax.hist(series if heavy is not None else series[0], bins=20, range=(0.0, 1.0), stacked=heavy is not None,
-            color=["C0", "C1"] if heavy is not None else "C0", edgecolor="white",
-            label=labels if heavy is not None else None)
-    if heavy is not None:
+    kept = [(v, h) for v, h in zip(values, heavy or [False] * len(values)) if math.isfinite(v)]
+    others, heavies = [v for v, h in kept if not h], [v for v, h in kept if h]
+    if heavy is None:
+        ax.hist(others, bins=20, range=(0.0, 1.0), color="C0", edgecolor="white")
+    else:
+        ax.hist([others, heavies], bins=20, range=(0.0, 1.0), stacked=True, color=["C0", "C1"], edgecolor="white",
+                label=["other images", f"{len(heavies)} largest: half the pixels"])
         ax.legend(fontsize=8, loc="upper left")
     ax.set_xlabel(label)
     ax.set_ylabel("images")

@@ -274,14 +274,13 @@ def _grid(images: dict[str, tuple[bytes, str]], order: list[str], grid_id: str) 
 def _histogram(table: list[dict[str, Any]]) -> str:
     """The per-image IoU histogram with the images that carry half the pixels marked, and a line saying so."""
     pixels = [r["pixels"] for r in table]
-    if len(set(pixels)) <= 1:
-        png = plots.histogram_png([r["iou"] for r in table], "IoU per image")
+    heavy = plots.heaviest(pixels) if len(set(pixels)) > 1 else None
+    if heavy is None:
         note = "Every image has the same size, so each weighs the same in the pooled IoU as in the per-image IoU."
     else:
-        heavy = plots.heaviest(pixels)
-        png = plots.histogram_png([r["iou"] for r in table], "IoU per image", heavy)
         note = (f"In orange, the {sum(heavy)} largest of {len(table)} images: they hold half the pixels, so the pooled "
                 "IoU is mostly theirs; the per-image IoU counts every image once.")
+    png = plots.histogram_png([r["iou"] for r in table], "IoU per image", heavy)
     return _img(png, "per-image IoU histogram; " + note) + f'<p class="hint" id="heavy-images">{_e(note)}</p>'
 
 

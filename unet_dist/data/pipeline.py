@@ -108,11 +108,7 @@ def crop_size(cfg: DataConfig, manifest: dict[str, Any], multiple: int = 1) -> i
     if cfg.crop_size != "auto":
         return int(cfg.crop_size)
     median = manifest.get("image_size", {}).get("median_hw")
-    if median:
-        side = float(min(median))
-    else:  # a manifest from before median_hw: the mean train image's side
-        train = manifest.get("splits", {}).get("train", {})
-        side = math.sqrt(train.get("pixels", 0) / max(1, train.get("count", 0)))
+    side = float(min(median)) if median else math.sqrt(_mean_train_area(manifest))  # older manifests: the mean image
     step = max(16, multiple)
     return max(step, int(min(side, math.sqrt(AUTO_CROP_BATCH_PIXELS / cfg.batch_size))) // step * step)
 
@@ -130,9 +126,12 @@ def crops_per_image(cfg: DataConfig, manifest: dict[str, Any], crop: int) -> int
     area of ``crop``-sided crops, rounded, at least 1 (4 for 512² images and 256² crops)."""
     if cfg.num_crops_per_image != "auto":
         return int(cfg.num_crops_per_image)
+    return max(1, round(_mean_train_area(manifest) / crop**2))
+
+
+def _mean_train_area(manifest: dict[str, Any]) -> float:
     train = manifest.get("splits", {}).get("train", {})
-    mean_area = train.get("pixels", 0) / max(1, train.get("count", 0))
-    return max(1, round(mean_area / crop**2))
+    return train.get("pixels", 0) / max(1, train.get("count", 0))
 
 
 def pipeline_spec(cfg: DataConfig, storage: StorageConfig | None, in_channels: int, manifest: dict[str, Any],

@@ -109,11 +109,12 @@ def _order(name: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
 
 
-def _targets(size: int, shares: Mapping[str, float], placed: Counter[str], total: int) -> dict[str, int]:
+def _targets(size: int, shares: Mapping[str, float], placed: Counter[str]) -> dict[str, int]:
     """Whole-image targets for one stratum of ``size`` images: each bucket gets the floor or the ceiling of its
     share, the ceilings going where the running totals are furthest below their share of all images so far."""
     quota = {b: s * size for b, s in shares.items()}
     out = {b: int(math.floor(q + 1e-9)) for b, q in quota.items()}
+    total = sum(placed.values())
     spare = size - sum(out.values())
     owed = sorted((b for b in shares if quota[b] - out[b] > 1e-9),
                   key=lambda b: (-(shares[b] * (total + size) - placed[b] - out[b]), list(shares).index(b)))
@@ -142,7 +143,7 @@ def apportion(todo: list[Unit], shares: Mapping[str, float], seed: int, need: tu
 
 def _deal_pairs(members: list[Unit], shares: Mapping[str, float], placed: Counter[str], out: dict[str, str]) -> Counter[str]:
     """One stratum of single pairs, each bucket getting the floor or ceiling of its share."""
-    target = _targets(len(members), shares, placed, sum(placed.values()))
+    target = _targets(len(members), shares, placed)
     got: Counter[str] = Counter()
     for unit in members:
         bucket = max(shares, key=lambda b: (target[b] - got[b], shares[b]))
@@ -192,15 +193,14 @@ def plan(ids: list[str], ratios: tuple[float, float, float], seed: int, stratum_
     with ``folds`` K >= 2 the non-test units are dealt into K equal folds and fold 0 is val."""
     stratum_of = dict(stratum_of or {i: UNSTRATIFIED for i in ids})
     all_units = units(ids, stratum_of, group_of)
-    names = {u.name: u for u in all_units}
     if fixed is not None:
         split = {i: fixed[i] for i in ids}
     elif folds:
         rest = apportion(all_units, {"rest": ratios[0] + ratios[1], "test": ratios[2]}, seed, need=("rest",))
-        split = {m: ("test" if b == "test" else "train") for n, b in rest.items() for m in names[n].members}
+        split = {m: ("test" if rest[u.name] == "test" else "train") for u in all_units for m in u.members}
     else:
         placed = apportion(all_units, dict(zip(SPLITS, ratios)), seed, need=("train", "val") if ratios[1] > 0 else ("train",))
-        split = {m: b for n, b in placed.items() for m in names[n].members}
+        split = {m: placed[u.name] for u in all_units for m in u.members}
     fold: dict[str, int] = {}
     if folds:
         fold = _folds(all_units, split, folds, seed)
