@@ -58,12 +58,12 @@ def test_record_lifecycle_keeps_secrets_out(tmp_path, monkeypatch) -> None:
     run.write_record(new_record(cfg, "r", run.uri, {"uri": "/data", "fingerprint": "f"}))
     assert run.read_record()["status"] == "running"
     for e in range(2):
-        run.append(METRICS_FILE, {"epoch": e, "val_mean_iou": 0.5 + e / 10, "val_iou": 0.6, "train_loss": 1.0})
+        run.append(METRICS_FILE, {"epoch": e, "val_image_mean_iou": 0.5 + e / 10, "val_iou": 0.6, "train_loss": 1.0})
         _checkpoint(run, e)
     record = finish_record(run, "failed", "RuntimeError: boom")
     assert record["status"] == "failed" and record["error"] == "RuntimeError: boom" and record["ended_at"]
-    assert record["epochs"] == 2 and record["best_epoch"] == 1 and record["best"]["metric"] == "val_mean_iou"
-    assert record["final_metrics"]["val_mean_iou"] == pytest.approx(0.6)
+    assert record["epochs"] == 2 and record["best_epoch"] == 1 and record["best"]["metric"] == cfg.train.monitor
+    assert record["final_metrics"]["val_image_mean_iou"] == pytest.approx(0.6)
     text = (run.loc / RUN_RECORD).read_text()
     assert "secret" not in text and json.loads(text)["config"]["train"]["epochs"] == 3
 
@@ -127,7 +127,7 @@ def test_start_record_over_an_existing_record_keeps_best_epochs_and_start(tmp_pa
     first = start_record(run, new_record(cfg, "r", run.uri, {"uri": "/data"}))
     assert first["status"] == "running" and "resumed_at" not in first
     for e, value in enumerate((0.8, 0.6)):
-        run.append(METRICS_FILE, {"epoch": e, "val_mean_iou": value, "val_iou": value, "train_time_s": 3.0 + e})
+        run.append(METRICS_FILE, {"epoch": e, "val_image_mean_iou": value, "val_iou": value, "train_time_s": 3.0 + e})
         _checkpoint(run, e)
     done = finish_record(run, "finished")
     assert done["best_epoch"] == 0 and done["epochs"] == 2
@@ -154,12 +154,12 @@ def test_after_a_resume_a_worse_epoch_never_replaces_the_kept_best(tmp_path) -> 
     cfg = load_config(None, ["train.epochs=3"])
     run = RunDir(resolve(tmp_path / "r"))
     start_record(run, new_record(cfg, "r", run.uri, {}))
-    run.append(METRICS_FILE, {"epoch": 0, "val_mean_iou": 0.9})
+    run.append(METRICS_FILE, {"epoch": 0, "val_image_mean_iou": 0.9})
     _checkpoint(run, 0)
     finish_record(run, "stopped")
     start_record(run, new_record(cfg, "r", run.uri, {}))
     for e, value in ((1, 0.2), (2, math.nan)):
-        run.append(METRICS_FILE, {"epoch": e, "val_mean_iou": value})
+        run.append(METRICS_FILE, {"epoch": e, "val_image_mean_iou": value})
         _checkpoint(run, e)
-        record = run.update_record(**progress_fields(run.metrics(), run.best("val_mean_iou", "max")))
+        record = run.update_record(**progress_fields(run.metrics(), run.best("val_image_mean_iou", "max")))
         assert record["best_epoch"] == 0 and record["best"]["value"] == pytest.approx(0.9) and record["epochs"] == e + 1

@@ -125,14 +125,14 @@ class DataConfig(_Section):
     """Streaming an ingested dataset into training workers."""
 
     dataset: str = Field("", description="URI of an ingested dataset (dir with dataset.json); empty = synthetic demo data.")
-    crop_size: int | Literal["auto"] = Field(256, description="Training crop side (pads smaller images); auto: planned from the dataset as nnU-Net plans its patch: the train split's median image side, capped so a batch holds at most 4 x 256^2 pixels, rounded down to a multiple of 2^model.depth.")
+    crop_size: int | Literal["auto"] = Field("auto", description="Training crop side (pads smaller images); auto (the default): planned from the dataset as nnU-Net plans its patch: the train split's median image side, capped so a batch holds at most 4 x 256^2 pixels, rounded down to a multiple of 16 and 2^model.depth (256 on 512^2 images at batch 4).")
     batch_size: int = Field(4, ge=1, description="Per-worker batch size.")
     val_batch_size: int = Field(2, ge=1)
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
     intensity_jitter: float = Field(0.1, ge=0.0, le=1.0, description="Max brightness/contrast change.")
-    normalize: Literal["dataset", "image"] = Field("dataset", description="Standardise inputs with the train split's per-channel mean/std (dataset), or each image with its own (image: nnU-Net's choice for non-CT data, for sets mixing modalities or exposures). Checkpoints carry the choice, so evaluate and predict follow it.")
+    normalize: Literal["dataset", "image"] = Field("image", description="Standardise each image by its own per-channel mean/std (image, the default: nnU-Net's choice for non-CT data, robust to sets mixing modalities or exposures), or every image by the train split's (dataset). Checkpoints carry the choice, so evaluate and predict follow it.")
     foreground_oversample: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of training crops centred on a random foreground pixel (nnU-Net uses 1/3), so small objects on large empty images reach the loss; the rest are uniform random crops. An image without foreground gets a random crop.")
     num_crops_per_image: int | Literal["auto"] = Field(1, description="Random crops drawn per image per epoch; auto: the mean train image area over the crop area (at least 1), so an epoch covers about every pixel once (fewer, longer epochs: more images/s, fewer validations).")
     shuffle_buffer: int = Field(64, ge=1, description="Rows in each worker's local shuffle buffer (seeded per epoch).")
@@ -180,7 +180,7 @@ class TrainConfig(_Section):
     seed: int = 0
     amp: bool = Field(True, description="Mixed precision on GPU (bf16 where supported, else fp16 + scaler).")
     channels_last: bool = Field(True, description="channels_last memory format for the model and its inputs (GPU and CPU; 1.2x faster on CPU, BENCHMARKS.md).")
-    monitor: str = Field("val_mean_iou", description="Reported metric that picks the best checkpoint (any numeric metrics.jsonl field, e.g. val_iou, val_image_iou, val_loss; val_image_* are per-image means, the others pooled over pixels); the default, mean IoU over classes, is one a degenerate one-class model cannot win.")
+    monitor: str = Field("val_image_mean_iou", description="Reported metric that picks the best checkpoint (any numeric metrics.jsonl field, e.g. val_mean_iou, val_image_iou, val_loss; val_image_* are per-image means, the others pooled over pixels). The default, each image's mean IoU over its classes averaged over images, is what the field reports and one a degenerate one-class model cannot win; val_mean_iou is the pooled mean IoU (the earlier default, which a few large images decide on a mixed-size set).")
     monitor_mode: Literal["max", "min"] = Field("max", description="Whether a higher or lower train.monitor is better.")
     num_to_keep: int = Field(2, ge=1, description="Checkpoints kept (the best by train.monitor, plus the latest).")
     max_failures: int = Field(3, ge=0, description="Worker-group failures tolerated before the run fails.")

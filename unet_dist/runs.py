@@ -44,6 +44,8 @@ TENSORBOARD_DIR = "tensorboard"
 STATE_FILE = "state.pt"
 MARKER_FILE = "COMPLETE"
 RECORD_SCHEMA = 1
+LEGACY_MONITOR = {"metric": "val_mean_iou", "mode": "max"}
+"""What a record without ``monitor`` (written before records named it) was ranked by."""
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 
 Status = Literal["running", "finished", "failed", "stopped", "early_stopped", "error", "invalid"]
@@ -358,7 +360,7 @@ def progress_fields(rows: list[dict[str, Any]], best: Best | None) -> dict[str, 
 
 def finish_record(run: RunDir, status: Status, error: str | None = None, **extra: Any) -> dict[str, Any]:
     """Close a run record with its final status, end time and the best/final metrics found on storage."""
-    cfg_monitor = (run.read_record() or {}).get("monitor") or {"metric": "val_mean_iou", "mode": "max"}
+    cfg_monitor = (run.read_record() or {}).get("monitor") or LEGACY_MONITOR
     rows = run.metrics()
     best = run.best(cfg_monitor["metric"], cfg_monitor["mode"], rows)
     return run.update_record(status=status, error=error, ended_at=now_iso(), **progress_fields(rows, best), **extra)

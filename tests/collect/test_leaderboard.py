@@ -76,13 +76,14 @@ def _counting(root: Location) -> Counter:
 
 
 @pytest.mark.parametrize("where", ["s3", "local"])
-def test_rows_match_records_and_rank_by_mean_iou(collect_tree: dict, where: str) -> None:
-    """Budget 5 s. One row per trial and run, values from its record, best val_mean_iou first, nothing written."""
+def test_rows_match_records_and_rank_by_the_runs_monitor(collect_tree: dict, where: str) -> None:
+    """Budget 5 s. One row per trial and run, values from its record, best by the runs' monitor (the default,
+    val_image_mean_iou) first, nothing written."""
     board = collect(collect_tree[where], write=False)
     records = _records(collect_tree["local"])
-    assert len(board.rows) == 5 and board.skipped == [] and (board.metric, board.mode) == ("val_mean_iou", "max")
+    assert len(board.rows) == 5 and board.skipped == [] and (board.metric, board.mode) == ("val_image_mean_iou", "max")
     assert [r["rank"] for r in board.rows] == [1, 2, 3, 4, 5]
-    values = [r["best_val_mean_iou"] for r in board.rows]
+    values = [r["best_val_image_mean_iou"] for r in board.rows]
     ranked = [v for v in values if v is not None]
     assert values[:len(ranked)] == sorted(ranked, reverse=True)  # runs without a best epoch (errored) come last
     root = resolve(collect_tree[where]).uri

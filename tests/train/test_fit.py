@@ -63,9 +63,9 @@ def check_finished_run(run, record: dict, dataset: str, epochs: int) -> None:
     assert record["status"] == "finished" and record["error"] is None and record["ended_at"]
     assert record["epochs"] == epochs and record["epochs_planned"] == epochs and record["code_version"]
     assert record["dataset"]["uri"] == dataset and len(record["dataset"]["fingerprint"]) == 64
-    assert record["monitor"] == {"metric": "val_mean_iou", "mode": "max"}
+    assert record["monitor"] == {"metric": "val_image_mean_iou", "mode": "max"}
     best_epoch = record["best_epoch"]
-    assert record["best_checkpoint"].startswith(run.uri) and record["best"]["value"] == rows[best_epoch]["val_mean_iou"]
+    assert record["best_checkpoint"].startswith(run.uri) and record["best"]["value"] == rows[best_epoch]["val_image_mean_iou"]
     assert record["final_metrics"]["epoch"] == epochs - 1 and "resources.use_gpu=false" in record["gpu_reason"]
     assert "unetdist-test-secret" not in (run / "run.json").read_text()
 

@@ -77,14 +77,14 @@ def test_live_view_shows_progress_and_metrics(tmp_path) -> None:
 
     files = RunDir(resolve(str(tmp_path / "run")))
     for epoch, (iou, miou) in enumerate(((0.5, 0.6), (0.75, 0.55))):
-        files.append(METRICS_FILE, {"epoch": epoch, "val_iou": iou, "val_mean_iou": miou, "epoch_time_s": 10.0})
+        files.append(METRICS_FILE, {"epoch": epoch, "val_iou": iou, "val_image_mean_iou": miou, "epoch_time_s": 10.0})
     files.progress(epoch=1, step=3, steps_per_epoch=3, phase="epoch_end", epochs=4, loss=0.4321,
                    val_iou=0.75, images_per_s=12.5)
     cfg = load_config(None, ["train.epochs=4"])
     console = Console(record=True, width=120)
     console.print(LiveView(files, cfg, console=console).render())
     text = console.export_text()
-    assert "val mIoU" in text and "best val mIoU" in text, text
+    assert "val image mIoU" in text and "best val image mIoU" in text, text  # the default monitor, named
     row = [line for line in text.splitlines() if "2/4" in line]
     assert row, text
     cells = [c.strip() for c in row[0].strip("│ ").split("│")]

@@ -12,7 +12,7 @@ from unet_dist.errors import DataError
 from unet_dist.runs import pick_best
 from unet_dist.storage import resolve
 from unet_dist.train import fit
-from unet_dist.inference.metrics import confusion_matrix, scores
+from unet_dist.inference.metrics import confusion_matrix, image_confusion, image_score_sums, image_scores, scores
 
 from datagen import write_csv, write_pairs
 
@@ -73,14 +73,17 @@ def test_degenerate_majority_model_is_not_kept_best(isbi_dir) -> None:
 
     def row(epoch: int, pred: torch.Tensor) -> dict:
         s = scores(confusion_matrix(pred, target, 2), ["membrane", "cell"])
-        return {"epoch": epoch, "val_iou": s["iou"], "val_mean_iou": s["mean_iou"]}
+        per_image = image_scores(image_score_sums(image_confusion(pred, target, 2)))
+        return {"epoch": epoch, "val_iou": s["iou"], "val_mean_iou": s["mean_iou"],
+                "val_image_mean_iou": per_image["image_mean_iou"]}
 
     rows = [row(0, torch.ones_like(target)), row(1, noisy)]
     assert rows[0]["val_iou"] > rows[1]["val_iou"]  # the degenerate model wins on class 1 alone ...
     cfg = load_config(None, [])
     checkpoints = {0: resolve("/ckpt/epoch_0000"), 1: resolve("/ckpt/epoch_0001")}
     best = pick_best(rows, checkpoints, cfg.train.monitor, cfg.train.monitor_mode)
-    assert cfg.train.monitor == "val_mean_iou" and best.epoch == 1  # ... but not on the default monitor
+    assert cfg.train.monitor == "val_image_mean_iou" and best.epoch == 1  # ... but not on the default monitor
+    assert pick_best(rows, checkpoints, "val_mean_iou", "max").epoch == 1  # nor on the earlier, pooled one
 
 
 @pytest.mark.ray

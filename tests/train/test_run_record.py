@@ -103,7 +103,7 @@ def test_ctrl_c_stops_cleanly_resume_finishes_and_an_extension_keeps_the_best(sy
         assert start[key] == before[key], key
     rows = run.metrics()
     assert [r["epoch"] for r in rows] == list(range(EPOCHS + 1))
-    assert not rows[-1]["val_mean_iou"] > rows[before["best_epoch"]]["val_mean_iou"]
+    assert not rows[-1]["val_image_mean_iou"] > rows[before["best_epoch"]]["val_image_mean_iou"]  # the default monitor
     record = run.read_record()
     assert record["status"] == "finished" and record["epochs"] == EPOCHS + 1
     assert record["best_epoch"] == before["best_epoch"] and record["best_checkpoint"] == before["best_checkpoint"]

@@ -38,7 +38,7 @@ def test_backbone_by_unpooling_campaign_on_s3(shared_campaign) -> None:
     assert summary.counts.get("early_stopped", 0) + summary.counts.get("finished", 0) == 4
     campaign = CampaignDir(resolve(summary.uri))
     record = campaign.read_record()
-    assert record["status"] == "finished" and record["metric"] == "val_mean_iou" and record["scheduler"] == "asha"
+    assert record["status"] == "finished" and record["metric"] == "val_image_mean_iou" and record["scheduler"] == "asha"
     assert "unetdist-test-secret" not in (campaign.loc / "campaign.json").read_text()
     seen = set()
     for trial_id, run in campaign.trials().items():
@@ -62,7 +62,7 @@ def test_backbone_by_unpooling_campaign_on_s3(shared_campaign) -> None:
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     fresh = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert fresh["mean_iou"] == pytest.approx(best["best_value"], abs=1e-9)
+    assert fresh["image_mean_iou"] == pytest.approx(best["best_value"], abs=1e-9)  # the monitor: val_image_mean_iou
     assert fresh["iou"] == pytest.approx(best["best_val_iou"], abs=1e-9)
 
     with pytest.raises(ConfigError, match="already exists: add --resume"):

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Callable, Sequence, get_args
 
 from unet_dist.collect.scan import LEADERBOARD_DIR, RunFolder, find_runs, list_tree
-from unet_dist.config import StorageConfig
+from unet_dist.config import StorageConfig, TrainConfig
 from unet_dist.errors import UserError
 from unet_dist.runs import METRICS_FILE, RUN_RECORD, Status, is_finite
 from unet_dist.storage import Location, read_many, resolve
@@ -33,7 +33,8 @@ from unet_dist.storage import Location, read_many, resolve
 LEADERBOARD_FILE = "leaderboard.parquet"
 INDEX_FILE = "_index.json.gz"
 INDEX_VERSION = 2  # 2: rows carry the per-image metrics
-DEFAULT_METRIC = ("val_mean_iou", "max")
+DEFAULT_METRIC = (TrainConfig.model_fields["monitor"].default, TrainConfig.model_fields["monitor_mode"].default)
+"""The ranking when the runs name no single monitor: the schema's default."""
 STATUSES: tuple[str, ...] = get_args(Status)
 HEAD = ("rank", "campaign", "trial", "kind", "status")
 _RANKED = ("val_iou", "val_mean_iou", "val_dice", "val_image_iou", "val_image_mean_iou")

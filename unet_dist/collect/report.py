@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from unet_dist.collect import plots
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
-from unet_dist.runs import CAMPAIGN_RECORD, RUN_RECORD, Best, CampaignDir, RunDir, now_iso
+from unet_dist.runs import CAMPAIGN_RECORD, LEGACY_MONITOR, RUN_RECORD, Best, CampaignDir, RunDir, now_iso
 from unet_dist.storage import Location, resolve
 
 EXTREMES = 5
@@ -71,11 +71,11 @@ def open_subject(uri: str, storage: StorageConfig | None = None) -> Subject:
         records = {k: r for k, run in runs.items() if (r := run.read_record())}
         record = campaign.read_record() or {}
         return Subject("campaign", loc, record, {k: runs[k] for k in records}, records,
-                       record.get("metric", "val_mean_iou"), record.get("mode", "max"))
+                       record.get("metric", LEGACY_MONITOR["metric"]), record.get("mode", LEGACY_MONITOR["mode"]))
     if (loc / RUN_RECORD).exists():
         run = RunDir(loc)
         record = run.read_record() or {}
-        monitor = record.get("monitor") or {"metric": "val_mean_iou", "mode": "max"}
+        monitor = record.get("monitor") or LEGACY_MONITOR
         return Subject("run", loc, record, {loc.name: run}, {loc.name: record}, monitor["metric"], monitor["mode"])
     raise StorageError(f"{loc.uri} holds neither {CAMPAIGN_RECORD} nor {RUN_RECORD}: pass a run or campaign folder "
                        "(STORAGE/<name>, as `unet-dist train` or `unet-dist tune` wrote it)")

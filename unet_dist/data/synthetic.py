@@ -160,33 +160,54 @@ HETEROGENEOUS_RECIPE: tuple[tuple[str, float, tuple[int, ...], tuple[float, floa
 )
 
 
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """A separable Gaussian blur of an H x W array (reflected edges): optics that soften every edge."""
+    r = max(1, int(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    pad = np.pad(img, r, mode="reflect")
+    rows = np.stack([np.convolve(row, k, mode="valid") for row in pad])
+    return np.stack([np.convolve(col, k, mode="valid") for col in rows.T]).T
+
+
+def _ellipse(yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator, size: int, radius: tuple[float, float]) -> np.ndarray:
+    """The squared normalised radius of a random ellipse at every pixel (<= 1 inside it)."""
+    cy, cx = rng.uniform(0, size, 2)
+    ry, rx = rng.uniform(*radius, 2)
+    theta = rng.uniform(0, np.pi)
+    dy, dx = yy - cy, xx - cx
+    u = (dx * np.cos(theta) + dy * np.sin(theta)) / rx
+    v = (-dx * np.sin(theta) + dy * np.cos(theta)) / ry
+    return u * u + v * v
+
+
 def render_nuclei(rng: np.random.Generator, size: int, modality: str, radius: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """One sparse nuclei pair: ``(image H x W x C float64 in [0, 1], mask H x W uint8)``. ``fluorescence``: bright
-    textured nuclei on a dark background, gray; ``brightfield``: dark, tinted nuclei on a bright, unevenly lit
-    background, RGB. Objects cover a few percent of the image whatever its size."""
+    """One sparse nuclei pair: ``(image H x W x C float64 in [0, 1], mask H x W uint8)``. ``fluorescence``: textured
+    nuclei on a dark background, gray; ``brightfield``: dark, tinted nuclei on a bright, unevenly lit background, RGB.
+    Objects cover a few percent of the image whatever its size. What makes it a learning problem, as in real
+    microscopy: exposure varies per image and brightness per nucleus (some are dim), out-of-focus debris as bright
+    or dark as a nucleus but diffuse (not in the mask), blurred optics and noise."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     mask = np.zeros((size, size), np.uint8)
+    signal = np.zeros((size, size), np.float32)
     n = max(1, int(rng.poisson(0.03 * size * size / (np.pi * np.mean(radius) ** 2))))
-    for _ in range(n):
-        cy, cx = rng.uniform(0, size, 2)
-        ry, rx = rng.uniform(*radius, 2)
-        theta = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u = (dx * np.cos(theta) + dy * np.sin(theta)) / rx
-        v = (-dx * np.sin(theta) + dy * np.cos(theta)) / ry
-        mask[u * u + v * v <= 1.0] = 1
     texture = 0.5 + 0.5 * np.sin(0.8 * xx + rng.uniform(0, 6)) * np.sin(0.8 * yy)
+    for _ in range(n):
+        inside = _ellipse(yy, xx, rng, size, radius) <= 1.0
+        mask[inside] = 1
+        signal[inside] = rng.uniform(0.25, 1.0) * (0.8 + 0.2 * texture[inside])
+    for _ in range(int(rng.poisson(n / 2))):  # debris: diffuse, no edge
+        r2 = _ellipse(yy, xx, rng, size, (radius[0] * 1.5, radius[1] * 2.5))
+        signal += rng.uniform(0.25, 0.9) * np.exp(-1.5 * r2) * (mask == 0)
+    signal = _blur(np.minimum(signal, 1.0), 1.0)
     light = _smooth_noise(rng, size, 3)
     if modality == "fluorescence":
-        img = 0.04 + 0.05 * light
-        img[mask == 1] = rng.uniform(0.35, 0.8) + 0.15 * texture[mask == 1]
-        img = np.clip(img + rng.normal(0.0, 0.03, img.shape), 0, 1)[..., None]
+        gain = rng.uniform(0.3, 1.0)
+        img = (0.04 + 0.05 * light + 0.7 * gain * signal + rng.normal(0.0, 0.03, signal.shape))[..., None]
     else:
-        img = 0.70 + 0.20 * light
-        img[mask == 1] = 0.30 + 0.12 * texture[mask == 1]
-        img = np.clip(img + rng.normal(0.0, 0.04, img.shape), 0, 1)
-        img = np.clip(img[..., None] * np.array([0.95, 0.80, 1.05]) * rng.uniform(0.9, 1.1, 3), 0, 1)
-    return img, mask
+        img = 0.70 + 0.20 * light - 0.40 * signal + rng.normal(0.0, 0.04, signal.shape)
+        img = img[..., None] * np.array([0.95, 0.80, 1.05]) * rng.uniform(0.9, 1.1, 3)
+    return np.clip(img, 0, 1), mask
 
 
 def generate_heterogeneous(dest: str, n: int = 120, seed: int = 0, storage: StorageConfig | None = None) -> str:
