@@ -288,13 +288,15 @@ def main() -> None:
                                   "wall_s": time.perf_counter() - t0}
                         samples.append(result)
                         print(json.dumps(result), flush=True)
+                        report(args, samples)  # after every sample, so a run cut short keeps what it measured
         ray.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    report(args, samples)
+    print(markdown(report(args, samples)))
 
 
-def report(args: argparse.Namespace, samples: list[dict[str, Any]]) -> None:
+def report(args: argparse.Namespace, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write the results file (summary per set, budget and side, every sample) and return the summary."""
     table = []
     for name in args.sets:
         for budget in args.budgets:
@@ -314,7 +316,7 @@ def report(args: argparse.Namespace, samples: list[dict[str, Any]]) -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    print(markdown(table))
+    return table
 
 
 def _versions() -> dict[str, str]:
