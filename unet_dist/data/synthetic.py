@@ -38,6 +38,16 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return rows[:, i] * (1 - f)[None, :] + rows[:, i + 1] * f[None, :]
 
 
+def _ellipse(yy: np.ndarray, xx: np.ndarray, centre: np.ndarray, radii: np.ndarray, theta: float) -> np.ndarray:
+    """The squared normalised radius of the ellipse at ``centre`` (y, x) with ``radii`` (y, x), turned by
+    ``theta``, at every pixel (<= 1 inside it)."""
+    (cy, cx), (ry, rx) = centre, radii
+    dy, dx = yy - cy, xx - cx
+    u = (dx * np.cos(theta) + dy * np.sin(theta)) / rx
+    v = (-dx * np.sin(theta) + dy * np.cos(theta)) / ry
+    return u * u + v * v
+
+
 def sample(rng: np.random.Generator, size: int, mode: SyntheticMode = "binary", channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """One ``(image H x W x C uint8, mask H x W uint8)`` pair drawn from ``rng``."""
     out, mask = render(rng, size, mode, channels)
@@ -51,14 +61,9 @@ def render(rng: np.random.Generator, size: int, mode: SyntheticMode = "binary", 
     mask = np.zeros((size, size), np.uint8)
     n_blobs = int(rng.integers(2, 6))
     for _ in range(n_blobs):
-        cy, cx = rng.uniform(0.1, 0.9, 2) * size
-        ry, rx = rng.uniform(0.06, 0.18, 2) * size
-        theta = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u = (dx * np.cos(theta) + dy * np.sin(theta)) / rx
-        v = (-dx * np.sin(theta) + dy * np.cos(theta)) / ry
-        cls = 1 if mode == "binary" else int(rng.integers(1, 3))
-        mask[u * u + v * v <= 1.0] = cls
+        centre = rng.uniform(0.1, 0.9, 2) * size
+        inside = _ellipse(yy, xx, centre, rng.uniform(0.06, 0.18, 2) * size, rng.uniform(0, np.pi)) <= 1.0
+        mask[inside] = 1 if mode == "binary" else int(rng.integers(1, 3))
     background = 0.30 + 0.12 * _smooth_noise(rng, size, 4)
     freq = rng.uniform(0.35, 0.6)
     stripes = 0.5 + 0.5 * np.sin(freq * (xx + yy))
@@ -170,15 +175,11 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([np.convolve(col, k, mode="valid") for col in rows.T]).T
 
 
-def _ellipse(yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator, size: int, radius: tuple[float, float]) -> np.ndarray:
-    """The squared normalised radius of a random ellipse at every pixel (<= 1 inside it)."""
-    cy, cx = rng.uniform(0, size, 2)
-    ry, rx = rng.uniform(*radius, 2)
-    theta = rng.uniform(0, np.pi)
-    dy, dx = yy - cy, xx - cx
-    u = (dx * np.cos(theta) + dy * np.sin(theta)) / rx
-    v = (-dx * np.sin(theta) + dy * np.cos(theta)) / ry
-    return u * u + v * v
+def _random_ellipse(yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator, size: int, radius: tuple[float, float]) -> np.ndarray:
+    """:func:`_ellipse` of one ellipse placed anywhere in the image, radii drawn from ``radius``."""
+    centre = rng.uniform(0, size, 2)
+    radii = rng.uniform(*radius, 2)
+    return _ellipse(yy, xx, centre, radii, rng.uniform(0, np.pi))
 
 
 def render_nuclei(rng: np.random.Generator, size: int, modality: str, radius: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -193,11 +194,11 @@ def render_nuclei(rng: np.random.Generator, size: int, modality: str, radius: tu
     n = max(1, int(rng.poisson(0.03 * size * size / (np.pi * np.mean(radius) ** 2))))
     texture = 0.5 + 0.5 * np.sin(0.8 * xx + rng.uniform(0, 6)) * np.sin(0.8 * yy)
     for _ in range(n):
-        inside = _ellipse(yy, xx, rng, size, radius) <= 1.0
+        inside = _random_ellipse(yy, xx, rng, size, radius) <= 1.0
         mask[inside] = 1
         signal[inside] = rng.uniform(0.25, 1.0) * (0.8 + 0.2 * texture[inside])
     for _ in range(int(rng.poisson(n / 2))):  # debris: diffuse, no edge
-        r2 = _ellipse(yy, xx, rng, size, (radius[0] * 1.5, radius[1] * 2.5))
+        r2 = _random_ellipse(yy, xx, rng, size, (radius[0] * 1.5, radius[1] * 2.5))
         signal += rng.uniform(0.25, 0.9) * np.exp(-1.5 * r2) * (mask == 0)
     signal = _blur(np.minimum(signal, 1.0), 1.0)
     light = _smooth_noise(rng, size, 3)
