@@ -162,6 +162,8 @@ class TrainConfig(_Section):
     name: str | None = Field(None, description="Run name (a new timestamped one by default; reusing a name resumes it).")
     epochs: int = Field(20, ge=1)
     time_budget_s: float | None = Field(None, gt=0, description="Stop after this many seconds of training (validation excluded), or at train.epochs, whichever comes first; the LR schedule (warm-up and decay) then follows the fraction of the budget used, so a budgeted run anneals fully.")
+    val_every_steps: int | None = Field(None, ge=1, description="Also validate (and checkpoint) every this many optimiser steps within a pass over the training data; each validation is one reported epoch (metrics.jsonl row, checkpoint, Tune report), and train.epochs still counts passes.")
+    val_every_s: float | Literal["auto"] | None = Field("auto", description="Also validate (and checkpoint) after this many seconds of training within a pass, as train.val_every_steps does. auto: a tenth of train.time_budget_s on a budgeted run (so a run whose passes are long still validates about 10 times and keeps a good best), else once per pass. null: once per pass.")
     loss: Loss = "dice_ce"
     class_weights: list[float] | None = None
     ignore_index: int | None = None
@@ -189,6 +191,19 @@ class TrainConfig(_Section):
     log_images: int = Field(4, ge=0, description="Validation overlays written to TensorBoard per epoch.")
     progress_every: int = Field(5, ge=1, description="Steps between progress updates the driver's live view reads.")
     worker_start_timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for a worker group (e.g. a lost node) before counting a controller failure.")
+
+    @field_validator("val_every_s")
+    @classmethod
+    def _positive_interval(cls, v: float | str | None) -> float | str | None:
+        if isinstance(v, (int, float)) and v <= 0:
+            raise ValueError(f"train.val_every_s must be > 0, auto or null, got {v}")
+        return v
+
+    def validation_interval_s(self) -> float | None:
+        """Seconds of training between validations within a pass (``val_every_s`` with auto resolved), or None."""
+        if self.val_every_s == "auto":
+            return None if self.time_budget_s is None else self.time_budget_s / 10
+        return self.val_every_s
 
     @field_validator("monitor")
     @classmethod

@@ -3,7 +3,9 @@
 A run directory ``STORAGE/<name>/`` holds::
 
     run.json                  # the run record: config (no secrets), dataset, code version, status, best, final metrics
-    metrics.jsonl             # one line per completed epoch (all reported metrics, confusion matrix)
+    metrics.jsonl             # one line per completed epoch: a validation round, one pass over the training data or
+                              # (train.val_every_*) part of one; epochs_done counts passes (all reported metrics,
+                              # confusion matrix)
     events.jsonl              # each worker-group start (resume source, nodes) and each completed epoch
     progress.json             # the latest step, for live views
     tensorboard/              # TensorBoard event files
@@ -309,7 +311,7 @@ def new_record(cfg: Config, name: str, uri: str, dataset: dict[str, Any], **fiel
         "schema": RECORD_SCHEMA, "kind": "train", "name": name, "uri": uri, "status": "running", "error": None,
         "config": cfg.to_dict(), "dataset": dataset, "code_version": __version__,
         "started_at": now_iso(), "ended_at": None, "updated_at": now_iso(),
-        "epochs": 0, "epochs_planned": cfg.train.epochs, "time_budget_s": cfg.train.time_budget_s, "train_time_s": 0.0,
+        "epochs": 0, "epochs_done": 0, "epochs_planned": cfg.train.epochs, "time_budget_s": cfg.train.time_budget_s, "train_time_s": 0.0,
         "monitor": {"metric": cfg.train.monitor, "mode": cfg.train.monitor_mode},
         "best": None, "best_val_iou": None, "best_epoch": None, "best_checkpoint": None, "final_metrics": {},
         **fields,
@@ -322,7 +324,7 @@ def new_trial_record(cfg: Config, run: RunDir, campaign: str, trial_id: str, par
     return new_record(cfg, trial_id, run.uri, dataset, kind="trial", campaign=campaign, trial_id=trial_id, params=params)
 
 
-KEPT_ON_RESUME = ("started_at", "epochs", "train_time_s", "final_metrics")
+KEPT_ON_RESUME = ("started_at", "epochs", "epochs_done", "train_time_s", "final_metrics")
 """What a resumed run's (or campaign's) record keeps from its previous one, besides its best (:data:`BEST_FIELDS`)."""
 BEST_FIELDS = ("best", "best_val_iou", "best_epoch", "best_checkpoint", "best_metrics")
 
@@ -347,6 +349,7 @@ def progress_fields(rows: list[dict[str, Any]], best: Best | None) -> dict[str, 
     """The record fields that follow each epoch: epochs done, best (monitored metric, epoch, checkpoint), final metrics."""
     return {
         "epochs": len(rows),
+        "epochs_done": rows[-1].get("epochs_done", len(rows)) if rows else 0,
         "best": None if best is None else {"metric": best.metric, "mode": best.mode, "value": best.value,
                                            "epoch": best.epoch, "checkpoint": best.checkpoint},
         "best_val_iou": None if best is None else best.row.get("val_iou"),

@@ -29,7 +29,7 @@ from unet_dist.storage import resolve
 from unet_dist.train import collectives
 from unet_dist.train.optim import seek_epoch, seek_fraction, steps_per_epoch
 from unet_dist.train.recorder import Recorders, WorkerContext
-from unet_dist.train.state import TrainState
+from unet_dist.train.state import Cursor, TrainState
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
@@ -44,22 +44,30 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class SyncedBatches:
-    """Batches while every rank still has one and no rank is out of time, so DDP ranks always take the same
-    number of steps; ``out_of_time`` tells afterwards whether the time budget ended the pass."""
+    """Batches while every rank still has one, no rank is out of time and no rank says a validation is due, so DDP
+    ranks always take the same number of steps. ``out_of_time`` and ``exhausted`` tell afterwards why it stopped
+    (the time budget; the end of the pass); otherwise a validation was due. Time and due are agreed before a batch is
+    drawn, so a round that ends on a rank's clock leaves every rank's next batch in its iterator."""
 
-    def __init__(self, it: Iterator[dict[str, Any]], distributed: bool, late: Any = lambda: False) -> None:
-        self.it, self.distributed, self.late = it, distributed, late
-        self.out_of_time = False
+    def __init__(self, it: Iterator[dict[str, Any]], distributed: bool, late: Any = lambda: False,
+                 due: Any = lambda: False) -> None:
+        self.it, self.distributed, self.late, self.due = it, distributed, late, due
+        self.out_of_time = self.exhausted = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
-            late = bool(self.late())
-            batch = None if late else next(self.it, None)
-            flags = torch.tensor([0 if batch is None else 1, 0 if late else 1], dtype=torch.int64)
+            go = torch.tensor([0 if self.late() else 1, 0 if self.due() else 1], dtype=torch.int64)
             if self.distributed:
-                collectives.all_reduce(flags, "min")
-            if int(flags.min()) == 0:
-                self.out_of_time = int(flags[1]) == 0
+                collectives.all_reduce(go, "min")
+            if int(go.min()) == 0:
+                self.out_of_time = int(go[0]) == 0
+                return
+            batch = next(self.it, None)
+            has = torch.tensor([0 if batch is None else 1], dtype=torch.int64)
+            if self.distributed:
+                collectives.all_reduce(has, "min")
+            if int(has[0]) == 0:
+                self.exhausted = True
                 return
             yield batch
 
@@ -143,29 +151,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state = TrainState.build(cfg, w.device, spe, resume)
     nodes = _worker_nodes(w.distributed)
     recorder = Recorders.build(config["recorders"], WorkerContext(w.rank, w.world, w.run, cfg, extra, spe))
-    recorder.on_start(start_epoch=state.start_epoch, resumed_from=state.resumed_from, full_state=state.full_state,
+    recorder.on_start(start_epoch=state.start_epoch, start_pass=state.start_pass, resumed_from=state.resumed_from,
+                      full_state=state.full_state,
                       world_size=w.world, nodes=nodes,
                       backend=collectives.group_backend())
     shards = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    for epoch in range(state.start_epoch, cfg.train.epochs):
-        if state.budget_spent(cfg) or run_epoch(w, cfg, state, shards, config["spec"], recorder, epoch, spe):
+    cursor, epoch = state.cursor(spe * cfg.train.accumulate), state.start_epoch
+    while cursor.pass_index < cfg.train.epochs and not state.budget_spent(cfg):
+        ran, out_of_time = run_epoch(w, cfg, state, shards, config["spec"], recorder, epoch, spe, cursor)
+        if out_of_time:
             break
+        epoch += ran
     recorder.close()
 
 
 def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any], spec: Any, recorder: Recorders,
-              epoch: int, spe: int) -> bool:
-    """Train, validate, record and report one epoch; True when the time budget ended it."""
+              epoch: int, spe: int, cursor: Cursor) -> tuple[bool, bool]:
+    """Train, validate, record and report one epoch: a validation round, a whole pass over the training data or, with
+    ``train.val_every_*``, the part of one up to the next validation. ``(reported, out_of_time)``: nothing is
+    reported when the round found the last pass already done (a round due on its last batch)."""
     import ray.train
     from ray.train import Checkpoint
 
     from unet_dist.data.pipeline import iter_val_batches
 
     seed_everything(epoch_seed(cfg.train.seed, epoch) + 7919 * w.rank)
-    if cfg.train.time_budget_s is None:
-        seek_epoch(state.scheduler, epoch, spe, cfg.train)
+    if cfg.train.time_budget_s is None and cursor.step == 0:
+        seek_epoch(state.scheduler, cursor.pass_index, spe, cfg.train)
     t0 = time.perf_counter()
-    train_m, out_of_time = train_epoch(w, cfg, state, shards[0], spec, recorder, epoch, spe, t0)
+    train_m, out_of_time = train_epoch(w, cfg, state, shards[0], spec, recorder, epoch, spe, t0, cursor)
+    if not train_m["images"] and not out_of_time:  # (a budget spent before the first step still validates once)
+        return False, False
     train_time = _slowest(time.perf_counter() - t0, w.distributed)
     state.train_time_s += train_time
     if cfg.train.time_budget_s is not None:  # the schedule's place from the time every rank agrees on (the slowest
@@ -177,38 +193,47 @@ def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any]
     val_m, shown = validate(state.core, iter_val_batches(shards[1], cfg.data.val_batch_size, spec, w.rank, w.world),
                             state.loss_fn, cfg, w.device, w.class_names, autocast=state.autocast,
                             n_images=cfg.train.log_images if w.rank == 0 else 0, reduce=collectives.all_reduce_sum)
+    micro = spe * cfg.train.accumulate
     row = {**epoch_row(epoch, state.lr, train_m, val_m, train_time, time.perf_counter() - t0, w.world),
-           "train_time_s": state.train_time_s}
-    local = recorder.on_epoch_end(row, shown, state.snapshot(epoch) if w.rank == 0 else {})  # rank 0 checkpoints
+           "train_time_s": state.train_time_s, "epochs_done": cursor.epochs_done(micro)}
+    local = recorder.on_epoch_end(row, shown, state.snapshot(epoch, cursor, micro) if w.rank == 0 else {})  # rank 0 checkpoints
     checkpoint = Checkpoint.from_directory(local) if local else None
     ray.train.report(ray_metrics(cfg, row), checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch),
                      checkpoint_upload_fn=recorder.upload_checkpoint if local else None)
     if local:
         shutil.rmtree(local, ignore_errors=True)
     recorder.after_report()
-    return out_of_time
+    return True, out_of_time
 
 
 def ray_metrics(cfg: Config, row: dict[str, Any]) -> dict[str, Any]:
-    """What an epoch reports to Ray: its scalar metrics and ``epochs_done``, the monitored metric (which orders Ray's
-    kept checkpoints) and the campaign metric (which ASHA schedules by) at their worst when not finite (a diverged
-    epoch's NaN), so a NaN never ranks first; metrics.jsonl keeps the true values."""
+    """What an epoch reports to Ray: its scalar metrics and ``epochs_done`` (passes over the training data, which
+    Tune's schedulers count time in), the monitored metric (which orders Ray's kept checkpoints) and the campaign
+    metric (which ASHA schedules by) at their worst when not finite (a diverged epoch's NaN), so a NaN never ranks
+    first; metrics.jsonl keeps the true values."""
     watched = [(cfg.train.monitor, cfg.train.monitor_mode), cfg.campaign_metric]
-    return {**reported_metrics(row, watched), "epochs_done": row["epoch"] + 1}
+    return {**reported_metrics(row, watched), "epochs_done": row.get("epochs_done", row["epoch"] + 1)}
+
+
+def validation_due(tcfg: Any, steps: Any, seconds: Any) -> Any:
+    """``() -> bool``: whether ``train.val_every_steps`` optimiser steps or ``train.val_every_s`` seconds of training
+    have passed in this round (``steps()``, ``seconds()``); never before the round's first step."""
+    every_steps, every_s = tcfg.val_every_steps, tcfg.validation_interval_s()
+    return lambda: steps() > 0 and bool((every_steps and steps() >= every_steps) or (every_s and seconds() >= every_s))
 
 
 def train_epoch(w: Worker, cfg: Config, state: TrainState, shard: Any, spec: Any, recorder: Recorders,
-                epoch: int, spe: int, t0: float) -> tuple[dict[str, Any], bool]:
-    """One pass over this worker's training shard, every rank taking the same number of steps; its metrics, and
-    whether ``train.time_budget_s`` ended it (checked before every step, so it ends within one step of the budget)."""
-    from unet_dist.data.pipeline import iter_train_batches
-
+                epoch: int, spe: int, t0: float, cursor: Cursor) -> tuple[dict[str, Any], bool]:
+    """Train from ``cursor`` to the end of its pass, or to the next validation ``train.val_every_*`` asks for (on an
+    optimiser-step boundary), every rank taking the same number of steps; its metrics, and whether
+    ``train.time_budget_s`` ended it (checked before every step, so it ends within one step of the budget).
+    A round that finds its pass already done goes on into the next one."""
     tcfg = cfg.train
     budget = tcfg.time_budget_s
     state.model.train()
     meter = EpochMeter(cfg.model.num_classes, w.class_names, collectives.all_reduce_sum)
     state.optimizer.zero_grad(set_to_none=True)
-    micro = 0
+    taken = [0, 0]  # micro-batches, optimiser steps in this round
 
     def used() -> float:
         return state.train_time_s + time.perf_counter() - t0
@@ -219,27 +244,54 @@ def train_epoch(w: Worker, cfg: Config, state: TrainState, shard: Any, spec: Any
         elif tcfg.scheduler_interval == "step":
             state.scheduler.step()
 
-    crops = iter_train_batches(shard, cfg.data.batch_size, epoch_seed(tcfg.seed, epoch), spec, w.rank, w.world)
-    batches = SyncedBatches(iter(crops), w.distributed, (lambda: used() >= budget) if budget is not None else (lambda: False))
+    late = (lambda: used() >= budget) if budget is not None else (lambda: False)
+    due = validation_due(tcfg, lambda: taken[1], lambda: time.perf_counter() - t0)
     if budget is not None:
         seek_fraction(state.scheduler, used() / budget, tcfg)
-    for step, batch in enumerate(batches):
-        recorder.before_step(epoch, step)
-        micro += 1
-        logits, y, loss = _forward_backward(w, state, batch, tcfg, sync=micro % tcfg.accumulate == 0)
-        if micro % tcfg.accumulate == 0:
-            state.step(tcfg.grad_clip)
-            advance()
-        meter.update(logits, y, loss.item())
-        if step % tcfg.progress_every == 0:
-            recorder.on_step(epoch=epoch, step=step, loss=loss.item(), steps_per_epoch=spe, lr=state.lr,
-                             images_per_s=float(meter.sums[1]) * w.world / max(1e-9, time.perf_counter() - t0))
-    if micro % tcfg.accumulate:
+    while True:
+        batches = SyncedBatches(_open_pass(cursor, shard, cfg, spec, w), w.distributed, late,
+                                lambda: due() and cursor.step % tcfg.accumulate == 0)
+        for batch in batches:
+            recorder.before_step(epoch, taken[0])
+            taken[0] += 1
+            cursor.step += 1
+            logits, y, loss = _forward_backward(w, state, batch, tcfg, sync=cursor.step % tcfg.accumulate == 0)
+            if cursor.step % tcfg.accumulate == 0:
+                state.step(tcfg.grad_clip)
+                advance()
+                taken[1] += 1
+            meter.update(logits, y, loss.item())
+            if cursor.step % tcfg.progress_every == 0:
+                recorder.on_step(epoch=cursor.pass_index, step=cursor.step, loss=loss.item(), steps_per_epoch=spe, lr=state.lr,
+                                 images_per_s=float(meter.sums[1]) * w.world / max(1e-9, time.perf_counter() - t0))
+        if not batches.exhausted:
+            break
+        _end_pass(state, cursor, tcfg, advance)
+        if taken[0] or cursor.pass_index >= tcfg.epochs:
+            break
+    return meter.compute(), batches.out_of_time  # a budget's end-of-epoch place: run_epoch, from the agreed time
+
+
+def _open_pass(cursor: Cursor, shard: Any, cfg: Config, spec: Any, w: Worker) -> Iterator[dict[str, Any]]:
+    """The cursor's batch iterator, opened at its pass's seeded order (past the micro-batches a resume skips)."""
+    from unet_dist.data.pipeline import iter_train_batches
+
+    if cursor.batches is None:
+        cursor.batches = iter(iter_train_batches(shard, cfg.data.batch_size, epoch_seed(cfg.train.seed, cursor.pass_index),
+                                                 spec, w.rank, w.world))
+        for _ in range(cursor.step):
+            next(cursor.batches, None)
+    return cursor.batches
+
+
+def _end_pass(state: TrainState, cursor: Cursor, tcfg: Any, advance: Any) -> None:
+    """A pass ended: the step a partial accumulation still owes, the per-epoch schedule's step, the next pass."""
+    if cursor.step % tcfg.accumulate:
         state.step(tcfg.grad_clip)
         advance()
-    if budget is None and tcfg.scheduler_interval == "epoch":
+    if tcfg.time_budget_s is None and tcfg.scheduler_interval == "epoch":
         state.scheduler.step()
-    return meter.compute(), batches.out_of_time  # a budget's end-of-epoch place: run_epoch, from the agreed time
+    cursor.next_pass()
 
 
 def _forward_backward(w: Worker, state: TrainState, batch: dict[str, Any], tcfg: Any, sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

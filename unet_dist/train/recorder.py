@@ -51,7 +51,7 @@ class WorkerRecorder:
         return cls(ctx) if ctx.rank == 0 else None  # type: ignore[call-arg]
 
     def on_start(self, **event: Any) -> None:
-        """Once, before the first epoch: start_epoch, resumed_from, full_state, world_size, nodes, backend."""
+        """Once, before the first epoch: start_epoch, start_pass, resumed_from, full_state, world_size, nodes, backend."""
 
     def before_step(self, epoch: int, step: int) -> None:
         """Before every training step."""
@@ -130,7 +130,7 @@ class RunRecorder(WorkerRecorder):
     def on_start(self, **event: Any) -> None:
         self.run.truncate_metrics(event["start_epoch"])
         self.run.append(EVENTS_FILE, {"event": "start", **event, "time": time.time()})
-        self.run.progress(epoch=event["start_epoch"], step=0, phase="start", epochs=self.cfg.train.epochs)
+        self.run.progress(epoch=event["start_pass"], step=0, phase="start", epochs=self.cfg.train.epochs)
 
     def on_step(self, **fields: Any) -> None:
         self.run.progress(phase="train", epochs=self.cfg.train.epochs, **fields)
@@ -140,7 +140,7 @@ class RunRecorder(WorkerRecorder):
         epoch = row["epoch"]
         self.run.append(METRICS_FILE, row)
         self.run.append(EVENTS_FILE, {"event": "epoch_end", "epoch": epoch, "time": time.time(), "world_size": row["world_size"]})
-        self.run.progress(epoch=epoch, step=self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch, phase="epoch_end",
+        self.run.progress(epoch=math.ceil(row.get("epochs_done", epoch + 1)) - 1, step=self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch, phase="epoch_end",
                           epochs=self.cfg.train.epochs, loss=row["train_loss"], val_iou=row["val_iou"],
                           monitor=self.cfg.train.monitor, monitor_value=row.get(self.cfg.train.monitor),
                           images_per_s=row["images_per_s"])

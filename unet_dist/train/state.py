@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -27,6 +27,26 @@ def amp_context(device: torch.device, enabled: bool) -> tuple[Callable[[], Any],
 
 
 @dataclass
+class Cursor:
+    """Where training stands in the data: the pass, the micro-batches taken in it and (within a worker's life) its
+    live batch iterator. A validation round may end mid-pass (``train.val_every_*``); the next round goes on from
+    here, and a checkpoint saves ``pass``/``pass_step`` so a resume skips what the pass already trained."""
+
+    pass_index: int = 0
+    step: int = 0
+    batches: Iterator[dict[str, Any]] | None = None
+
+    def next_pass(self) -> None:
+        self.pass_index, self.step, self.batches = self.pass_index + 1, 0, None
+
+    def epochs_done(self, micro_per_pass: int) -> float:
+        """Passes done: whole after a pass, else the pass plus its trained fraction (below 1 whatever the estimate)."""
+        if self.step == 0:
+            return float(self.pass_index)
+        return round(self.pass_index + min(self.step / max(1, micro_per_pass), 0.999), 4)
+
+
+@dataclass
 class TrainState:
     """What one worker trains; ``model`` is DDP-wrapped when the world has more than one rank, ``core`` never is."""
 
@@ -39,6 +59,11 @@ class TrainState:
     autocast: Callable[[], Any]
     channels_last: bool
     start_epoch: int = 0
+    start_pass: int = 0
+    """The pass over the training data the run goes on with, and the micro-batches of it already trained (a validation
+    round may end mid-pass: ``train.val_every_*``), out of ``pass_steps`` per pass when they were saved."""
+    pass_step: int = 0
+    pass_steps: int = 0
     resumed_from: str | None = None
     full_state: bool = False
     train_time_s: float = 0.0
@@ -80,16 +105,27 @@ class TrainState:
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         self.start_epoch = int(saved["epoch"]) + 1
+        self.start_pass = int(saved.get("pass", self.start_epoch))  # checkpoints before val_every_*: one pass per epoch
+        self.pass_step, self.pass_steps = int(saved.get("pass_step", 0)), int(saved.get("pass_steps", 0))
         self.train_time_s = float(saved.get("train_time_s", 0.0))
 
-    def snapshot(self, epoch: int) -> dict[str, Any]:
-        """The resumable part of a checkpoint (CPU tensors and plain values)."""
+    def cursor(self, micro_per_pass: int) -> Cursor:
+        """Where training goes on in the data; a pass saved mid-way on another worker count (elastic) or batch size
+        resumes at the same fraction of it."""
+        step = self.pass_step
+        if step and self.pass_steps and self.pass_steps != micro_per_pass:
+            step = min(micro_per_pass - 1, round(step * micro_per_pass / self.pass_steps))
+        return Cursor(self.start_pass, step)
+
+    def snapshot(self, epoch: int, cursor: Cursor, micro_per_pass: int) -> dict[str, Any]:
+        """The resumable part of a checkpoint (CPU tensors and plain values), with where the next round starts."""
         return {
             "model": {k: v.detach().cpu() for k, v in self.core.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "epoch": epoch,
+            "pass": cursor.pass_index, "pass_step": cursor.step, "pass_steps": micro_per_pass,
             "train_time_s": self.train_time_s,
         }
 

@@ -152,7 +152,8 @@ def ran_to_the_end(record: dict[str, Any]) -> bool:
     """Whether a trial trained all its epochs or its whole time budget: the scheduler stops every trial at its last
     report (max_t), before the trial can write ``finished`` itself."""
     budget = record.get("time_budget_s")
-    return record.get("epochs", 0) >= record.get("epochs_planned", 0) or bool(
+    done = record.get("epochs_done", record.get("epochs", 0))  # passes; "epochs" counts validations
+    return done >= record.get("epochs_planned", 0) or bool(
         budget and record.get("train_time_s", 0.0) >= budget)
 
 
