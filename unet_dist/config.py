@@ -163,7 +163,7 @@ class TrainConfig(_Section):
     epochs: int = Field(20, ge=1)
     time_budget_s: float | None = Field(None, gt=0, description="Stop after this many seconds of training (validation excluded), or at train.epochs, whichever comes first; the LR schedule (warm-up and decay) then follows the fraction of the budget used, so a budgeted run anneals fully.")
     val_every_steps: int | None = Field(None, ge=1, description="Also validate (and checkpoint) every this many optimiser steps within a pass over the training data; each validation is one reported epoch (metrics.jsonl row, checkpoint, Tune report), and train.epochs still counts passes.")
-    val_every_s: float | Literal["auto"] | None = Field("auto", description="Also validate (and checkpoint) after this many seconds of training within a pass, as train.val_every_steps does. auto: a tenth of train.time_budget_s on a budgeted run (so a run whose passes are long still validates about 10 times and keeps a good best), else once per pass. null: once per pass.")
+    val_every_s: float | Literal["auto"] | None = Field("auto", description="Also validate (and checkpoint) after this many seconds of training within a pass, as train.val_every_steps does. auto: a tenth of train.time_budget_s on a budgeted run (a run whose passes are long still gets about 10 validations and checkpoints), else once per pass. null: once per pass.")
     loss: Loss = "dice_ce"
     class_weights: list[float] | None = None
     ignore_index: int | None = None

@@ -60,6 +60,12 @@ DATASET_RECORD = "dataset.json"
 """An ingested dataset's manifest, written last (``unet_dist.data.manifest`` reads it; the collector skips its folder)."""
 
 
+def epochs_done(row: dict[str, Any]) -> float:
+    """Passes over the training data a metrics row had trained: its ``epochs_done`` (a validation round may end
+    mid-pass, ``train.val_every_*``), or one pass per epoch in rows written before rounds."""
+    return row.get("epochs_done", row["epoch"] + 1)
+
+
 def checkpoint_dir_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
 
@@ -349,7 +355,7 @@ def progress_fields(rows: list[dict[str, Any]], best: Best | None) -> dict[str, 
     """The record fields that follow each epoch: epochs done, best (monitored metric, epoch, checkpoint), final metrics."""
     return {
         "epochs": len(rows),
-        "epochs_done": rows[-1].get("epochs_done", len(rows)) if rows else 0,
+        "epochs_done": epochs_done(rows[-1]) if rows else 0,
         "best": None if best is None else {"metric": best.metric, "mode": best.mode, "value": best.value,
                                            "epoch": best.epoch, "checkpoint": best.checkpoint},
         "best_val_iou": None if best is None else best.row.get("val_iou"),

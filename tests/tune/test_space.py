@@ -101,6 +101,10 @@ def test_optuna_missing_is_a_clear_error_or_builds() -> None:
 def test_rung_values_take_the_first_report_at_or_past_each_milestone() -> None:
     rows = [{"epoch": e, "val_mean_iou": v} for e, v in enumerate([0.5, 0.6, 0.7, 0.8])]
     assert rung_values(rows, "val_mean_iou", [4, 2, 1, 8]) == {4: 0.8, 2: 0.6, 1: 0.5}
+    # validation rounds (train.val_every_*): rungs count passes, not reports
+    rounds = [{"epoch": e, "epochs_done": d, "val_mean_iou": v} for e, (d, v) in enumerate(
+        [(0.5, 0.1), (1.0, 0.2), (1.5, 0.3), (2.0, 0.4)])]
+    assert rung_values(rounds, "val_mean_iou", [1, 2]) == {1: 0.2, 2: 0.4}
 
 
 def test_restored_asha_stops_a_trial_below_the_rungs_recorded_before_the_restore(tmp_path) -> None:

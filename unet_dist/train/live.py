@@ -7,7 +7,7 @@ from typing import Any
 
 from unet_dist.config import Config
 from unet_dist.live import LiveTable, metric_label
-from unet_dist.runs import RunDir
+from unet_dist.runs import RunDir, epochs_done
 
 
 class LiveView(LiveTable):
@@ -33,7 +33,7 @@ class LiveView(LiveTable):
         shown = metric_label(monitor)
         for col in ("epoch", "step", "loss", "val IoU", shown, f"best {shown}", "img/s", "elapsed", "ETA"):
             t.add_column(col, justify="right")
-        done = rows[-1].get("epochs_done", len(rows)) if rows else 0  # passes: a validation round may end mid-pass
+        done = epochs_done(rows[-1]) if rows else 0  # passes: a validation round may end mid-pass
         per_epoch = sum(r["epoch_time_s"] for r in rows) / done if done else None
         values = [r[monitor] for r in rows if isinstance(r.get(monitor), (int, float))]
         best = (max if tcfg.monitor_mode == "max" else min)(values) if values else None

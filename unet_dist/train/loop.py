@@ -23,7 +23,7 @@ from unet_dist.config import Config
 from unet_dist.inference.metrics import EpochMeter
 from unet_dist.inference.validate import validate
 from unet_dist.losses import remap_ignore
-from unet_dist.runs import RunDir, checkpoint_dir_name, checkpoint_epoch, is_complete, reported_metrics
+from unet_dist.runs import RunDir, checkpoint_dir_name, checkpoint_epoch, epochs_done, is_complete, reported_metrics
 from unet_dist.session import quiet_ray_logs
 from unet_dist.storage import resolve
 from unet_dist.train import collectives
@@ -212,7 +212,7 @@ def ray_metrics(cfg: Config, row: dict[str, Any]) -> dict[str, Any]:
     metric (which ASHA schedules by) at their worst when not finite (a diverged epoch's NaN), so a NaN never ranks
     first; metrics.jsonl keeps the true values."""
     watched = [(cfg.train.monitor, cfg.train.monitor_mode), cfg.campaign_metric]
-    return {**reported_metrics(row, watched), "epochs_done": row.get("epochs_done", row["epoch"] + 1)}
+    return {**reported_metrics(row, watched), "epochs_done": epochs_done(row)}
 
 
 def validation_due(tcfg: Any, steps: Any, seconds: Any) -> Any:

@@ -24,7 +24,7 @@ import torch
 
 from unet_dist.config import Config
 from unet_dist.runs import (EVENTS_FILE, MARKER_FILE, METRICS_FILE, TENSORBOARD_DIR, MarkerError, RunDir, check_file_name,
-                            parse_marker, progress_fields, scalar_metrics)
+                            epochs_done, parse_marker, progress_fields, scalar_metrics)
 from unet_dist.storage import Location
 from unet_dist import checkpoint as ckpt
 
@@ -140,7 +140,7 @@ class RunRecorder(WorkerRecorder):
         epoch = row["epoch"]
         self.run.append(METRICS_FILE, row)
         self.run.append(EVENTS_FILE, {"event": "epoch_end", "epoch": epoch, "time": time.time(), "world_size": row["world_size"]})
-        self.run.progress(epoch=math.ceil(row.get("epochs_done", epoch + 1)) - 1, step=self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch, phase="epoch_end",
+        self.run.progress(epoch=math.ceil(epochs_done(row)) - 1, step=self.steps_per_epoch, steps_per_epoch=self.steps_per_epoch, phase="epoch_end",
                           epochs=self.cfg.train.epochs, loss=row["train_loss"], val_iou=row["val_iou"],
                           monitor=self.cfg.train.monitor, monitor_value=row.get(self.cfg.train.monitor),
                           images_per_s=row["images_per_s"])

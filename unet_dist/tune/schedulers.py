@@ -15,6 +15,7 @@ from typing import Any, Callable
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError
 from unet_dist.registry import Registry
+from unet_dist.runs import epochs_done
 
 TIME_ATTR = "epochs_done"
 _WORST = sys.float_info.max
@@ -29,7 +30,7 @@ def rung_values(rows: list[dict[str, Any]], metric: str, milestones: list[float]
     as ASHA records it)."""
     out: dict[float, float] = {}
     for milestone in milestones:
-        row = next((r for r in rows if r["epoch"] + 1 >= milestone and isinstance(r.get(metric), (int, float))), None)
+        row = next((r for r in rows if epochs_done(r) >= milestone and isinstance(r.get(metric), (int, float))), None)
         if row is not None:
             out[milestone] = float(row[metric])
     return out
