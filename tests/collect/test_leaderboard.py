@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -280,3 +281,54 @@ def test_a_same_size_rewrite_with_its_mtime_restored_is_seen_local(local_copy: P
     assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
     again = {r["trial"]: r for r in collect(local_copy).rows}
     assert again["single"]["status"] == "stopped"
+
+
+def _board(n_keys: int = 4) -> Any:
+    from unet_dist.collect.leaderboard import Leaderboard, rank
+
+    space = {"model.backbone": ["scratch", "resnet34"], "model.unpooling": ["pixel_shuffle", "max_unpool"],
+             "model.activation": ["leaky_relu", "gelu"], "train.lr": [0.003, 0.00031622776601683794]}
+    keys = list(space)[:n_keys]
+    rows = [{"campaign": "isbi-20261207-120000", "trial": f"isbi-20261207-120000-a1b2c_{i:05d}",
+             "status": ["finished", "early_stopped", "error", "running"][i % 4], "metric": "val_image_mean_iou",
+             "best_value": 0.5 + i / 100, "best_epoch": i, "best_val_iou": 0.7, "best_val_dice": 0.8, "iou.background": 0.9,
+             "iou.membrane": 0.7, "epochs": 20, "wall_time_s": 1234.5, **{k: space[k][i % 2] for k in keys}}
+            for i in range(12)]
+    return Leaderboard(rank(rows, "val_image_mean_iou", "max"), "val_image_mean_iou", "max")
+
+
+def test_the_default_table_is_readable_at_80_columns() -> None:
+    """Issue 22: at 80 columns every header and value of the default table is whole or abbreviated on purpose (never
+    cut by the terminal); --wide has every column and the values whole."""
+    from rich.console import Console
+
+    board = _board()
+    console = Console(width=80, record=True, color_system=None)
+    console.print(board.to_table())
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80, text
+    header = next(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    cells = header.split()
+    assert cells[:3] == ["#", "trial", "status"] and cells[-5:] == ["img", "mIoU", "ep", "wall", "s"], header
+    for cell, key in zip(cells[3:7], ["activation", "backbone", "unpooling", "lr"]):  # sorted, abbreviated on purpose
+        assert key.startswith(cell.rstrip("…")) and (cell == key or len(cell) >= 4), (cell, key)
+    assert "…" not in "".join(text.splitlines()[3:4])[:9]  # rank, trial and status are never cut
+    assert "pixel_" in text and "leaky_" in text and "0.00032" in text and " 00011 " in text
+    assert "campaign isbi-20261207-120000" in text and " done " in text and " early " in text and " 11/20 " in text
+    for keys in range(1, 8):  # however many keys are searched, no header is cut below 4 characters
+        many = _board(min(keys, 4))
+        if keys > 4:
+            for r in many.rows:
+                r.update({f"train.extra_key_{k}": "abcdefghij" for k in range(keys - 4)})
+        out = Console(width=80, record=True, color_system=None)
+        out.print(many.to_table())
+        lines = out.export_text().splitlines()
+        assert max(map(len, lines)) <= 80, (keys, lines)
+        cells = next(line for line in lines if line.lstrip().startswith("#")).split()
+        assert all(len(c) >= 5 for c in cells if c.endswith("…")), (keys, cells)  # 4 characters and the ellipsis
+        hidden = re.search(r"\((\d+) more\s+searched\s+key", " ".join(lines))
+        assert len(cells) - 8 + (int(hidden.group(1)) if hidden else 0) == keys, (keys, lines)  # what does not fit is named
+    wide = Console(width=200, record=True, color_system=None)
+    wide.print(board.to_table(wide=True))
+    wide_text = wide.export_text()
+    assert "pixel_shuffle" in wide_text and "membrane" in wide_text and "Dice" in wide_text and "early_stopped" in wide_text

@@ -26,6 +26,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--metric", help="rank by this metric (default: the runs' monitored metric, else val_mean_iou)")
     p.add_argument("--format", choices=["table", "json", "csv", "parquet"], default="table",
                    help="table (default), json (one line), csv or parquet (to --out or stdout)")
+    p.add_argument("--wide", action="store_true",
+                   help="the table with every column (foreground and per-class IoU, Dice) and searched values whole")
     p.add_argument("--out", metavar="PATH", help="file for --format csv/parquet (local path or s3://)")
     p.add_argument("--no-write", action="store_true", help="do not write the leaderboard and its index to storage")
     config_flags(p)
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         write_rows(board, args.format, args.out, args.top)
         err_console.print(board.summary(), highlight=False)
         return 0
-    print_wide(board.to_table(limit=args.top))
+    print_wide(board.to_table(limit=args.top, wide=args.wide))
     written = f" -> {board.uri}" if not args.no_write else ""
     console.print(f"{board.summary()}{written}", highlight=False, soft_wrap=True)
     return 0

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from unet_dist.runs import epochs_done
+
 CURVES = (("iou", "IoU"), ("loss", "loss"))
 
 
@@ -33,21 +35,24 @@ def _png(fig: Any) -> bytes:
 
 
 def curves_png(series: dict[str, list[dict[str, Any]]]) -> bytes:
-    """Train (dashed) and val (solid) IoU and loss per epoch, one colour per run: ``{label: metrics rows}``."""
+    """Train (dashed) and val (solid) IoU and loss per epoch, one colour per run: ``{label: metrics rows}``; x counts
+    passes trained, so runs validating mid-pass (``train.val_every_*``) line up with those that do not."""
     fig = _figure(11, 4.2 + 0.22 * math.ceil(len(series) / 2))
     axes = fig.subplots(1, 2)
     colours = [f"C{i % 10}" for i in range(len(series))]
+    longest = max((epochs_done(r) for rows in series.values() for r in rows), default=1.0)
     for ax, (key, title) in zip(axes, CURVES):
+        ax.set_xlim(0, max(1.0, longest) * 1.04)  # from 0 passes, on whole-epoch ticks, even for 1-epoch trials
         for colour, (label, rows) in zip(colours, series.items()):
             for split, style in (("train", "--"), ("val", "-")):
-                points = [(r["epoch"], r[f"{split}_{key}"]) for r in rows
+                points = [(epochs_done(r), r[f"{split}_{key}"]) for r in rows
                           if isinstance(r.get(f"{split}_{key}"), (int, float)) and math.isfinite(r[f"{split}_{key}"])]
                 if points:
                     x, y = zip(*points)
                     ax.plot(x, y, style, color=colour, marker="o", markersize=3,
                             label=label if split == "val" else None)
         ax.set_title(f"{title} per epoch (solid: val, dashed: train)", fontsize=10)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epochs trained (passes over the training data)")
         ax.set_ylabel(title)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
