@@ -37,9 +37,26 @@ class LiveTable:
     def render(self) -> Any:
         raise NotImplementedError
 
+    def lines(self) -> list[str] | None:
+        """For a console that is not a terminal (a log file, ``ray job logs``, CI): the lines of what changed since the
+        last call, printed as they come instead of a live table. None (the default): only the last frame is printed."""
+        return None
+
+    def log(self, lines: list[str] | None = None) -> None:
+        """Print :meth:`lines` (or ``lines``)."""
+        for line in self.lines() if lines is None else lines:
+            self.console.print(line, highlight=False, soft_wrap=True)
+
     def _loop(self) -> None:
         from rich.live import Live
 
+        first = None if self.console.is_terminal else self.lines()
+        if first is not None:
+            self.log(first)
+            while not self._stop.wait(self.interval):
+                self.log()
+            self.log()
+            return
         with Live(self.render(), console=self.console, refresh_per_second=2, transient=self.transient) as live:
             while not self._stop.wait(self.interval):
                 live.update(self.render())

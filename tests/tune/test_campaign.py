@@ -3,6 +3,7 @@ record on storage (S3 too), impossible points are skipped or recorded, an errori
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -98,10 +99,41 @@ def test_an_erroring_trial_is_recorded_and_the_others_finish(small_config, ray_l
     cfg = _campaign(small_config, synthetic_dataset, str(tmp_path), space, "train.epochs=1", "tune.name=err",
                     "tune.scheduler=fifo", "tune.num_samples=1", "train.max_failures=0", "resources.num_workers=1",
                     "tune.max_concurrent_trials=2")
-    summary = run_campaign(cfg, progress=False)
+    from rich.console import Console
+
+    log = io.StringIO()  # not a terminal: what `ray job logs` or CI shows (issue 22)
+    summary = run_campaign(cfg, console=Console(file=log, width=200, force_terminal=False))
     by_unpool = {t["params"]["model.unpooling"]: t for t in summary.trials}
     assert by_unpool["bilinear"]["status"] == "error" and "boom in trial" in by_unpool["bilinear"]["error"]
     assert by_unpool["transpose"]["status"] == "finished"
+    ids = {u: t["trial_id"].rsplit("_", 1)[-1] for u, t in by_unpool.items()}
+    lines = log.getvalue().splitlines()
+    for unpool, tid in ids.items():
+        assert f"trial {tid} started: unpooling={unpool}" in lines, lines
+    assert f"trial {ids['bilinear']} error: " in log.getvalue() and "boom in trial" in log.getvalue()
+    assert any(line.startswith(f"trial {ids['transpose']} finished after 1 epochs") for line in lines), lines
     assert summary.status == "finished" and summary.best["params"]["model.unpooling"] != "bilinear"
     run = RunDir(resolve(summary.uri) / "trials" / by_unpool["bilinear"]["trial_id"])
     assert "boom in trial" in run.read_record()["error"]
+
+
+def test_trial_events_are_one_line_each_for_a_log() -> None:
+    """Issue 22: where stdout is not a terminal a campaign prints trial events (started, reported epoch with the
+    metric, its end) as they are seen, instead of nothing until the end."""
+    from unet_dist.tune.campaign import TrialEvents
+
+    events = TrialEvents(["model.backbone", "train.lr"])
+
+    def row(tid, status, epochs, last=None, best=None, error=None):
+        return {"trial_id": f"abc_{tid}", "status": status, "epochs": epochs, "last_value": last, "best_value": best,
+                "error": error, "params": {"model.backbone": "resnet18", "train.lr": 0.003}}
+
+    assert events.update([row("00000", "running", 0)], "val_image_mean_iou") == [
+        "trial 00000 started: backbone=resnet18, lr=0.0030"]
+    assert events.update([row("00000", "running", 0)], "val_image_mean_iou") == []  # nothing new, nothing printed
+    assert events.update([row("00000", "running", 2, 0.61, 0.61), row("00001", "error", 0, error="CUDA out of memory")],
+                         "val_image_mean_iou") == [
+        "trial 00000 epoch 2: image mIoU 0.6100 (best 0.6100)",
+        "trial 00001 started: backbone=resnet18, lr=0.0030", "trial 00001 error: CUDA out of memory"]
+    assert events.update([row("00000", "early_stopped", 3, 0.58, 0.61)], "val_image_mean_iou") == [
+        "trial 00000 epoch 3: image mIoU 0.5800 (best 0.6100)", "trial 00000 stopped early after 3 epochs, best 0.6100"]

@@ -62,7 +62,8 @@ def trial_rows(campaign: CampaignDir, metric: str, mode: str) -> list[dict[str, 
             "trial_id": trial_id, "status": record.get("status"), "params": record.get("params", {}),
             "epochs": record.get("epochs", 0), "best_value": best.get("value"), "best_epoch": best.get("epoch"),
             "best_val_iou": record.get("best_val_iou"), "val_iou": final.get("val_iou"),
-            "images_per_s": final.get("images_per_s"), "best_checkpoint": record.get("best_checkpoint"),
+            "images_per_s": final.get("images_per_s"), "last_value": final.get(metric),
+            "best_checkpoint": record.get("best_checkpoint"),
             "error": record.get("error"),
         })
     from unet_dist.runs import is_finite  # a diverged trial's NaN ranks with the trials without a value, last
@@ -129,6 +130,8 @@ def _tune(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: A
             campaign.update_record(status="failed", ended_at=now_iso(), error=f"{type(err).__name__}: {err}".splitlines()[0])
             raise
     close_after_tune(campaign, grid)
+    if view is not None and not console.is_terminal:
+        view.log()  # the ends close_after_tune wrote: trials the scheduler stopped early, errors
     campaign.update_record(status="finished", ended_at=now_iso())
 
 
@@ -235,6 +238,16 @@ class CampaignView(LiveTable):
     def __init__(self, campaign: CampaignDir, cfg: Config, console: Any, interval: float = 2.0) -> None:
         super().__init__(console, interval, transient=True)
         self.campaign, self.cfg = campaign, cfg
+        self.events = TrialEvents(list(cfg.tune.search_space))
+
+    def lines(self) -> list[str]:
+        """Trial events since the last look, for a log (``ray job logs``, CI, ``make demo > log``)."""
+        metric, mode = self.cfg.campaign_metric
+        try:
+            rows = trial_rows(self.campaign, metric, mode)
+        except Exception:  # a storage hiccup must never end the campaign's driver
+            return []
+        return self.events.update(rows, metric)
 
     def render(self) -> Any:
         metric, mode = self.cfg.campaign_metric
@@ -244,6 +257,35 @@ class CampaignView(LiveTable):
             rows = []
         title = f"unet-dist tune · {self.campaign.uri} · {time.time() - self._t0:.0f}s"
         return trials_table(rows, list(self.cfg.tune.search_space), metric, title=title)
+
+
+class TrialEvents:
+    """One line per trial event between two reads of the campaign's records: started (with its searched values),
+    its latest reported epoch with the campaign metric, and its end (finished, stopped early, error)."""
+
+    ENDS = {"finished": "finished", "early_stopped": "stopped early", "error": "error", "invalid": "invalid",
+            "stopped": "stopped"}
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.seen: dict[str, tuple[int, str]] = {}
+
+    def update(self, rows: list[dict[str, Any]], metric: str) -> list[str]:
+        out, label = [], metric_label(metric).removeprefix("val ")
+        for r in sorted(rows, key=lambda r: r["trial_id"]):
+            tid = r["trial_id"].rsplit("_", 1)[-1]
+            if tid not in self.seen:
+                values = ", ".join(f"{k.split('.')[-1]}={_fmt(r['params'].get(k))}" for k in self.keys)
+                out.append(f"trial {tid} started: {values}")
+            epochs, status = self.seen.get(tid, (0, "running"))
+            if r["epochs"] > epochs:
+                out.append(f"trial {tid} epoch {r['epochs']}: {label} {_fmt(r['last_value'])} (best {_fmt(r['best_value'])})")
+            if r["status"] != status and r["status"] in self.ENDS:
+                end = self.ENDS[r["status"]]
+                detail = f": {r['error']}" if r.get("error") else f" after {r['epochs']} epochs, best {_fmt(r['best_value'])}"
+                out.append(f"trial {tid} {end}{detail}")
+            self.seen[tid] = (r["epochs"], r["status"])
+        return out
 
 
 def trials_table(rows: list[dict[str, Any]], keys: list[str], metric: str, title: str = "", limit: int | None = None) -> Any:
