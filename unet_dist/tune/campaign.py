@@ -15,7 +15,8 @@ from typing import Any
 
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError, UserError
-from unet_dist.runs import TUNE_STATE_DIR, CampaignDir, finish_record, new_campaign_record, now_iso, start_record
+from unet_dist.runs import (TUNE_STATE_DIR, CampaignDir, finish_record, new_campaign_record, now_iso, progress_fields,
+                            start_record)
 from unet_dist.storage import public_config, ray_storage, resolve
 from unet_dist.live import LiveTable, metric_label
 from unet_dist.tune.schedulers import SCHEDULERS, SEARCHERS
@@ -145,7 +146,10 @@ def close_after_tune(campaign: CampaignDir, grid: Any) -> None:
         record = run.read_record() or {}
         if record.get("status") == "running":
             err = errors.get(trial_id)
-            status = "error" if err else "finished" if ran_to_the_end(record) else "early_stopped"
+            # the record as of its metrics: a trial stopped at its last report (max_t) may die before its worker
+            # brings run.json up to date, but metrics.jsonl is written before the report
+            latest = {**record, **progress_fields(run.metrics(), None)}
+            status = "error" if err else "finished" if ran_to_the_end(latest) else "early_stopped"
             record = finish_record(run, status, _one_line(err) if err else None)
         if record.get("params") and record.get("status") != "invalid":
             write_hparams(run, record["params"], {**record.get("final_metrics", {}), "best": (record.get("best") or {}).get("value")})
