@@ -58,11 +58,11 @@ def test_seconds_interval_is_due_after_its_time() -> None:
 
 
 def test_cursor_counts_passes() -> None:
-    c = Cursor(1, 3)
-    assert c.epochs_done(6) == 1.5
+    c = Cursor(1, 3, per_pass=6)
+    assert c.epochs_done() == 1.5
     c.next_pass()
-    assert (c.pass_index, c.step, c.epochs_done(6)) == (2, 0, 2.0)
-    assert Cursor(0, 9).epochs_done(6) < 1  # an estimate short of the pass never reads as a finished pass
+    assert (c.pass_index, c.step, c.epochs_done()) == (2, 0, 2.0)
+    assert Cursor(0, 9, per_pass=6).epochs_done() < 1  # an estimate short of the pass never reads as a finished pass
 
 
 def _rows(run: RunDir) -> list[dict]:

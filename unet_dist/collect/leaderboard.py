@@ -135,6 +135,11 @@ class Leaderboard:
     def columns(self) -> list[str]:
         return columns(self.rows)
 
+    @property
+    def searched(self) -> list[str]:
+        """The searched keys among the columns (dotted config keys; ``iou.*`` are per-class scores)."""
+        return [c for c in self.columns if "." in c and not c.startswith("iou.")]
+
     def warnings(self) -> list[str]:
         """One line per skipped folder and per flagged row."""
         return ([f"skipped {uri}: {reason}" for uri, reason in self.skipped]
@@ -161,9 +166,8 @@ class Leaderboard:
         from rich import box
         from rich.table import Table
 
-        cols = self.columns
-        params = [c for c in cols if "." in c and not c.startswith("iou.")]
-        classes = [c for c in cols if c.startswith("iou.")]
+        params = self.searched
+        classes = [c for c in self.columns if c.startswith("iou.")]
         t = Table(title=f"leaderboard by {self.metric} ({self.mode}): {len(self.rows[:limit])} of {len(self.rows)} runs",
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
         for name in ("#", "run", "status", *(p.split(".")[-1] for p in params)):
@@ -178,7 +182,6 @@ class Leaderboard:
                       _fmt(r.get("wall_time_s"), 0))
         return t
 
-
     def _compact_table(self, limit: int | None, width: int = 80) -> Any:
         """The default table: chosen columns whose headers and values fit ``width`` columns, searched keys and values
         abbreviated to share what the fixed columns leave (``--wide`` for the rest, whole)."""
@@ -188,7 +191,7 @@ class Leaderboard:
         from unet_dist.live import metric_label
 
         rows = self.rows[:limit]
-        params = [c for c in self.columns if "." in c and not c.startswith("iou.")]
+        params = self.searched
         campaigns = {r.get("campaign") for r in self.rows}
         one = next(iter(campaigns)) if len(campaigns) == 1 and None not in campaigns else None
         head = ["#", "trial" if one else "run", "status"]

@@ -193,10 +193,9 @@ def run_epoch(w: Worker, cfg: Config, state: TrainState, shards: tuple[Any, Any]
     val_m, shown = validate(state.core, iter_val_batches(shards[1], cfg.data.val_batch_size, spec, w.rank, w.world),
                             state.loss_fn, cfg, w.device, w.class_names, autocast=state.autocast,
                             n_images=cfg.train.log_images if w.rank == 0 else 0, reduce=collectives.all_reduce_sum)
-    micro = spe * cfg.train.accumulate
     row = {**epoch_row(epoch, state.lr, train_m, val_m, train_time, time.perf_counter() - t0, w.world),
-           "train_time_s": state.train_time_s, "epochs_done": cursor.epochs_done(micro)}
-    local = recorder.on_epoch_end(row, shown, state.snapshot(epoch, cursor, micro) if w.rank == 0 else {})  # rank 0 checkpoints
+           "train_time_s": state.train_time_s, "epochs_done": cursor.epochs_done()}
+    local = recorder.on_epoch_end(row, shown, state.snapshot(epoch, cursor) if w.rank == 0 else {})  # rank 0 checkpoints
     checkpoint = Checkpoint.from_directory(local) if local else None
     ray.train.report(ray_metrics(cfg, row), checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(epoch),
                      checkpoint_upload_fn=recorder.upload_checkpoint if local else None)

@@ -28,22 +28,24 @@ def amp_context(device: torch.device, enabled: bool) -> tuple[Callable[[], Any],
 
 @dataclass
 class Cursor:
-    """Where training stands in the data: the pass, the micro-batches taken in it and (within a worker's life) its
-    live batch iterator. A validation round may end mid-pass (``train.val_every_*``); the next round goes on from
-    here, and a checkpoint saves ``pass``/``pass_step`` so a resume skips what the pass already trained."""
+    """Where training stands in the data: the pass, the micro-batches taken in it out of ``per_pass`` (the estimate
+    for this worker group) and (within a worker's life) its live batch iterator. A validation round may end mid-pass
+    (``train.val_every_*``); the next round goes on from here, and a checkpoint saves ``pass``/``pass_step`` so a
+    resume skips what the pass already trained."""
 
     pass_index: int = 0
     step: int = 0
+    per_pass: int = 1
     batches: Iterator[dict[str, Any]] | None = None
 
     def next_pass(self) -> None:
         self.pass_index, self.step, self.batches = self.pass_index + 1, 0, None
 
-    def epochs_done(self, micro_per_pass: int) -> float:
+    def epochs_done(self) -> float:
         """Passes done: whole after a pass, else the pass plus its trained fraction (below 1 whatever the estimate)."""
         if self.step == 0:
             return float(self.pass_index)
-        return round(self.pass_index + min(self.step / max(1, micro_per_pass), 0.999), 4)
+        return round(self.pass_index + min(self.step / max(1, self.per_pass), 0.999), 4)
 
 
 @dataclass
@@ -115,9 +117,9 @@ class TrainState:
         step = self.pass_step
         if step and self.pass_steps and self.pass_steps != micro_per_pass:
             step = min(micro_per_pass - 1, round(step * micro_per_pass / self.pass_steps))
-        return Cursor(self.start_pass, step)
+        return Cursor(self.start_pass, step, micro_per_pass)
 
-    def snapshot(self, epoch: int, cursor: Cursor, micro_per_pass: int) -> dict[str, Any]:
+    def snapshot(self, epoch: int, cursor: Cursor) -> dict[str, Any]:
         """The resumable part of a checkpoint (CPU tensors and plain values), with where the next round starts."""
         return {
             "model": {k: v.detach().cpu() for k, v in self.core.state_dict().items()},
@@ -125,7 +127,7 @@ class TrainState:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "epoch": epoch,
-            "pass": cursor.pass_index, "pass_step": cursor.step, "pass_steps": micro_per_pass,
+            "pass": cursor.pass_index, "pass_step": cursor.step, "pass_steps": cursor.per_pass,
             "train_time_s": self.train_time_s,
         }
 

@@ -148,9 +148,10 @@ def close_after_tune(campaign: CampaignDir, grid: Any) -> None:
             err = errors.get(trial_id)
             # the record as of its metrics: a trial stopped at its last report (max_t) may die before its worker
             # brings run.json up to date, but metrics.jsonl is written before the report
-            latest = {**record, **progress_fields(run.metrics(), None)}
+            rows = run.metrics()
+            latest = {**record, **progress_fields(rows, None)}
             status = "error" if err else "finished" if ran_to_the_end(latest) else "early_stopped"
-            record = finish_record(run, status, _one_line(err) if err else None)
+            record = finish_record(run, status, _one_line(err) if err else None, rows=rows)
         if record.get("params") and record.get("status") != "invalid":
             write_hparams(run, record["params"], {**record.get("final_metrics", {}), "best": (record.get("best") or {}).get("value")})
 
