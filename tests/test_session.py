@@ -72,6 +72,7 @@ def test_gpu_node_types_from_a_launcher_config() -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.own_ray
 def test_auto_chooses_gpu_when_the_autoscaler_can_launch_one(fake_autoscaling_head) -> None:
     import ray
 

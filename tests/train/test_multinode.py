@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.own_ray
 
 
 @pytest.fixture(scope="module")

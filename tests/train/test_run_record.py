@@ -117,20 +117,46 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
-@pytest.mark.parametrize("kind", ["missing", "not_a_state_dict", "malicious"])
-def test_bad_weights_fail_fast_before_ray(kind, synthetic_dataset, tmp_path) -> None:
+def _bad_weights(kind: str, tmp_path: Path) -> tuple[Path, Path]:
     weights, marker = tmp_path / "enc.pt", tmp_path / "pwned"
     if kind == "not_a_state_dict":
         torch.save(["not", "tensors"], weights)
     elif kind == "malicious":
         weights.write_bytes(pickle.dumps({"conv.weight": _Payload(str(marker))}))
+    return weights, marker
+
+
+def _check_one_line(err: str, marker: Path) -> None:
+    err = err.strip()
+    assert err.count("\n") == 0 and "model.weights" in err and "Traceback" not in err, err
+    assert "weights_only=False" not in err and not marker.exists()
+
+
+def test_malicious_weights_fail_fast_before_ray_as_the_user_sees_it(synthetic_dataset, tmp_path) -> None:
+    """A real `unet-dist train` process: exit 2 in seconds, one line, the pickle never ran, no Ray started."""
+    weights, marker = _bad_weights("malicious", tmp_path)
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray")}
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "unet_dist", "train", "--data", synthetic_dataset, "--storage",
                            str(tmp_path / "runs"), "--set", f"model.weights={weights}"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and time.time() - start < 10, proc.stderr
-    err = proc.stderr.strip()
-    assert err.count("\n") == 0 and "model.weights" in err and "Traceback" not in err
-    assert "weights_only=False" not in err and not marker.exists()
+    _check_one_line(proc.stderr, marker)
     assert not (tmp_path / "ray").exists(), "Ray was started before the weights were checked"
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_a_state_dict"])
+def test_bad_weights_fail_fast_before_ray(kind, synthetic_dataset, tmp_path, monkeypatch, capsys) -> None:
+    """The other bad files through the same command in this process (a subprocess costs seconds of imports)."""
+    import ray
+
+    from unet_dist.cli import main
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started before the weights were checked")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    weights, marker = _bad_weights(kind, tmp_path)
+    assert main(["train", "--data", synthetic_dataset, "--storage", str(tmp_path / "runs"),
+                 "--set", f"model.weights={weights}"]) == 2
+    _check_one_line(capsys.readouterr().err, marker)

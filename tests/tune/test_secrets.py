@@ -101,6 +101,7 @@ def _ray_results() -> list[Path]:
 
 @pytest.mark.ray
 @pytest.mark.s3
+@pytest.mark.own_ray
 def test_no_credential_in_any_written_byte(s3_server, s3_uri, shared_campaign, ray_tmpdir, synthetic_dataset, tmp_path,
                                            monkeypatch) -> None:
     import ray
