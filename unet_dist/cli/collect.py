@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any
 
+from unet_dist.collect.insight import EVALUATORS
 from unet_dist.cli.common import (add_command, campaign_filter, config_flags, console, err_console, print_wide, storage_config,
                                   storage_root, warn)
 
@@ -28,6 +29,15 @@ def add_parser(sub: Any) -> None:
                    help="table (default), json (one line), csv or parquet (to --out or stdout)")
     p.add_argument("--wide", action="store_true",
                    help="the table with every column (foreground and per-class IoU, Dice) and searched values whole")
+    p.add_argument("--importance", action="store_true",
+                   help="instead of the ranking: which searched key matters for the metric, and the mean metric of "
+                        "each value with a 95%% bootstrap interval (trials compared at one pass: --at-epoch)")
+    p.add_argument("--at-epoch", type=float, metavar="N",
+                   help="with --importance: compare trials at pass N, leaving out those stopped before it "
+                        "(default: the last pass every trial reached, so an early-stopped trial counts at its rung)")
+    p.add_argument("--evaluator", choices=EVALUATORS, default=EVALUATORS[0],
+                   help="with --importance: anova (default: each key's share of the variance), ped-anova (Optuna: "
+                        "what it takes to reach the top trials) or fanova (Optuna and scikit-learn)")
     p.add_argument("--out", metavar="PATH", help="file for --format csv/parquet (local path or s3://)")
     p.add_argument("--no-write", action="store_true", help="do not write the leaderboard and its index to storage")
     config_flags(p)
@@ -43,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         board = collect(args.storage, storage=storage_config(args), campaigns=args.campaign, statuses=args.status,
                         write=not args.no_write, metric=args.metric, progress=lambda done, n: bar.update(task, completed=done, total=n))
     warn(board.warnings())
+    if args.importance:
+        return importance(board, args)
     if args.format == "json":
         print(board.to_json(limit=args.top))
         return 0
@@ -53,6 +65,22 @@ def run(args: argparse.Namespace) -> int:
     print_wide(board.to_table(limit=args.top, wide=args.wide))
     written = f" -> {board.uri}" if not args.no_write else ""
     console.print(f"{board.summary()}{written}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def importance(board: Any, args: argparse.Namespace) -> int:
+    """The insight table (or one JSON line) of the collected campaign trials."""
+    from unet_dist.collect.insight import campaign_insight
+    from unet_dist.storage import resolve
+
+    insight = campaign_insight(board, resolve(args.storage, storage_config(args)), args.at_epoch, args.evaluator)
+    if args.format == "json":
+        print(insight.to_json())
+    elif not insight.keys:
+        console.print(f"nothing to rank: {insight.basis} (importance needs 3 trials and a searched key that varies)",
+                      highlight=False, soft_wrap=True)
+    else:
+        print_wide(insight.to_table())
     return 0
 
 

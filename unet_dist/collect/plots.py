@@ -124,3 +124,111 @@ def rgb_tensor_png(rgb: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# --- campaign insight (unet_dist.collect.insight) ------------------------------------------------------------------
+
+def _axis_positions(values: Sequence[Any]) -> tuple[list[float], list[float], list[str]]:
+    """Values of one key on a 0..1 axis: categories evenly spaced, numbers linearly (logarithmically when positive
+    and spanning 20x or more); with the tick positions and labels."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric and len(set(values)) > 1:
+        lo, hi = min(values), max(values)
+        log = lo > 0 and hi / lo >= 20
+        f = (lambda v: math.log10(v)) if log else float
+        span = f(hi) - f(lo)
+        ticks = [lo, hi]
+        return [(f(v) - f(lo)) / span for v in values], [0.0, 1.0], [f"{t:.3g}" for t in ticks]
+    cats = sorted({str(v) for v in values})
+    pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+    return [pos[str(v)] for v in values], list(pos.values()), cats
+
+
+def parallel_png(points: Sequence[Any], keys: Sequence[str], metric: str, mode: str) -> bytes:
+    """Parallel coordinates: one line per compared trial (:class:`~unet_dist.collect.insight.Point`) through its
+    searched values (``keys``, most important first) to its metric; colour is the metric, the best trial is bold."""
+    from matplotlib import cm, colors
+
+    axes_names = [k.rsplit(".", 1)[-1] for k in keys] + [metric.removeprefix("val_")]
+    fig = _figure(max(6.0, 1.9 * len(axes_names)), 4.0)
+    ax = fig.subplots()
+    columns = [_axis_positions([p.params.get(k) for p in points]) for k in keys]
+    values = [p.value for p in points]
+    columns.append(_axis_positions(values))
+    norm = colors.Normalize(min(values), max(values) if max(values) > min(values) else min(values) + 1e-9)
+    best = (max if mode == "max" else min)(range(len(points)), key=lambda i: values[i])
+    order = sorted(range(len(points)), key=lambda i: values[i] if mode == "max" else -values[i])  # best drawn last
+    for i in order:
+        ys = [col[0][i] for col in columns]
+        ax.plot(range(len(columns)), ys, color=cm.viridis(norm(values[i])), lw=2.6 if i == best else 1.1,
+                alpha=1.0 if i == best else 0.75)
+    for x, (_, ticks, labels) in enumerate(columns):
+        ax.axvline(x, color="#555", lw=0.8)
+        for t, label in zip(ticks, labels):
+            ax.text(x + 0.03, t, label, fontsize=8, va="center", ha="left",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+    ax.set_xticks(range(len(columns)), axes_names, fontsize=9)
+    ax.set_yticks([])
+    ax.set_xlim(-0.1, len(columns) - 0.6)
+    ax.set_ylim(-0.08, 1.08)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, fraction=0.03, label=metric)
+    return _png(fig)
+
+
+def effects_png(keys: Sequence[Any], metric: str, mode: str) -> bytes:
+    """One panel per searched key (:class:`~unet_dist.collect.insight.KeyInsight`, most important first): the mean
+    metric of each value with its 95 % bootstrap interval and trial count."""
+    n = len(keys)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = _figure(4.0 * cols, 2.9 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, k in zip(axes, keys):
+        effects = k.ordered(mode)
+        y = range(len(effects))
+        means = [e.mean for e in effects]
+        err = [[e.mean - e.low for e in effects], [e.high - e.mean for e in effects]]
+        ax.errorbar(means, y, xerr=err, fmt="o", color="C0", ecolor="C0", capsize=3)
+        ax.set_yticks(list(y), [f"{e.value[:18]} (n={e.n})" for e in effects], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{k.key}  (importance {k.importance:.2f})", fontsize=9)
+        ax.set_xlabel(metric, fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return _png(fig)
+
+
+def pareto_front(costs: Sequence[float], values: Sequence[float], mode: str) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and value (``mode``), cheapest first."""
+    sign = 1.0 if mode == "max" else -1.0
+    front, best = [], -math.inf
+    for i in sorted(range(len(costs)), key=lambda i: (costs[i], -sign * values[i])):
+        if sign * values[i] > best:
+            front.append(i)
+            best = sign * values[i]
+    return front
+
+
+def pareto_png(points: Sequence[Any], metric: str, mode: str) -> bytes:
+    """Every trial's best metric (over its whole run, early stops included) against its wall time; the Pareto front,
+    the trials nothing beats on both, joined and labelled."""
+    timed = [p for p in points if isinstance(p.wall_time_s, (int, float)) and math.isfinite(p.wall_time_s)]
+    fig = _figure(6.4, 3.8)
+    ax = fig.subplots()
+    costs, values = [p.wall_time_s for p in timed], [p.best_value for p in timed]
+    front = pareto_front(costs, values, mode)
+    ax.scatter(costs, values, s=22, color="#9aa5b1", label="trial")
+    fx, fy = [costs[i] for i in front], [values[i] for i in front]
+    ax.step(fx, fy, where="post", color="C3", lw=1.2)
+    ax.scatter(fx, fy, s=36, color="C3", label="Pareto front", zorder=3)
+    for i in front:
+        ax.annotate(str(timed[i].trial).rsplit("_", 1)[-1], (costs[i], values[i]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("wall time of the trial (s)")
+    ax.set_ylabel(f"best {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right" if mode == "max" else "upper right")
+    return _png(fig)

@@ -107,14 +107,20 @@ def ranked(subject: Subject) -> list[str]:
     return sorted(subject.records, key=key)
 
 
-def leaderboard_rows(subject: Subject, metrics: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The collector's leaderboard rows (:func:`unet_dist.collect.leaderboard.run_row`) of the subject's runs, ranked,
-    in its column order less what the page header already says; ``metrics`` is ``{run key: metrics rows}``."""
-    from unet_dist.collect.leaderboard import columns, rank, run_row
+def subject_rows(subject: Subject, metrics: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The collector's leaderboard rows (:func:`unet_dist.collect.leaderboard.run_row`) of the subject's runs, ranked;
+    ``metrics`` is ``{run key: metrics rows}``."""
+    from unet_dist.collect.leaderboard import rank, run_row
 
     campaign = subject.name if subject.kind == "campaign" else None
-    rows = rank([_placed(run_row(subject.records[k], campaign, metrics=metrics[k]), k, subject.runs[k])
+    return rank([_placed(run_row(subject.records[k], campaign, metrics=metrics[k]), k, subject.runs[k])
                  for k in subject.records], subject.metric, subject.mode)
+
+
+def leaderboard_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`subject_rows` in the collector's column order, less what the page header already says."""
+    from unet_dist.collect.leaderboard import columns
+
     shown = [c for c in columns(rows) if c not in HIDDEN_COLUMNS]
     return [{c: r.get(c) for c in shown} for r in rows]
 
@@ -194,8 +200,9 @@ def _table(rows: list[dict[str, Any]], table_id: str, highlight: int | None = No
     return f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def _img(png: bytes, alt: str, cls: str = "figure") -> str:
-    return f'<img class="{cls}" alt="{_e(alt)}" src="{plots.data_uri(png)}">'
+def _img(png: bytes, alt: str, cls: str = "figure", image_id: str | None = None) -> str:
+    ident = f' id="{_e(image_id)}"' if image_id else ""
+    return f'<img{ident} class="{cls}" alt="{_e(alt)}" src="{plots.data_uri(png)}">'
 
 
 def _figure(png: bytes, caption: str, image_id: str) -> str:
@@ -321,6 +328,36 @@ def _test_view(loaded: Any, manifest: dict[str, Any], split: str, progress: bool
     return body + "<h3>Shown images</h3>" + _table(rows, "per-image")
 
 
+# --- what the campaign teaches -------------------------------------------------------------------------------------
+
+def _insight_section(subject: Subject, rows: list[dict[str, Any]], metrics: dict[str, list[dict[str, Any]]]) -> str:
+    """Importance and effects of the searched keys (:mod:`unet_dist.collect.insight`), parallel coordinates, the
+    effect panels and the cost/metric Pareto plot."""
+    from unet_dist.collect.insight import analyse, history
+
+    keys = sorted({k for r in rows for k in (subject.records[r["trial"]].get("params") or {})})
+    hist = {r["run_uri"]: history(metrics[r["trial"]], subject.metric) for r in rows}
+    insight = analyse(rows, keys, subject.metric, subject.mode, hist)
+    body = f'<p class="basis">{_e(insight.basis)}.</p>'
+    if not insight.keys:
+        return _section("insight", "What the campaign teaches",
+                        body + _note("importance needs 3 compared trials and a searched key that varies"))
+    table = [{"key": k.key if i == 0 else "", "importance": round(k.importance, 3) if i == 0 else None, "value": e.value,
+              "mean": e.mean, "95% interval": f"{e.low:.4f}-{e.high:.4f}", "trials": e.n}
+             for k in insight.keys for i, e in enumerate(k.ordered(insight.mode))]
+    order = [k.key for k in insight.keys]
+    figures = (("parallel", "Parallel coordinates: each line a trial, through its searched values (most important "
+                "first) to its metric", plots.parallel_png(insight.points, order, insight.metric, insight.mode)),
+               ("effects", "Effects: the mean metric of each value, its 95% bootstrap interval and trial count",
+                plots.effects_png(insight.keys, insight.metric, insight.mode)),
+               ("pareto", "Cost: each trial's best metric against its wall time; the Pareto front is the trials "
+                "nothing beats on both", plots.pareto_png(insight.points, insight.metric, insight.mode)))
+    body += _table(table, "importance") + "".join(
+        f'<h3>{_e(caption.split(":")[0])}</h3><p class="hint">{_e(caption.split(": ", 1)[1])}.</p>'
+        + _img(png, caption, image_id=f"{name}-plot") for name, caption, png in figures)
+    return _section("insight", "What the campaign teaches", body)
+
+
 # --- the report -------------------------------------------------------------------------------------------------
 
 def build_report(uri: str, *, split: str = "test", dataset: str | None = None, storage: StorageConfig | None = None,
@@ -331,11 +368,14 @@ def build_report(uri: str, *, split: str = "test", dataset: str | None = None, s
     report = Report("", subject, best[0] if best else None, best[1].checkpoint if best else None)
     metrics = {k: subject.runs[k].metrics() for k in ranked(subject)}
     series = {run_label(subject.records[k], k): rows for k, rows in metrics.items()}
-    rows = leaderboard_rows(subject, metrics)
+    full = subject_rows(subject, metrics)
+    rows = leaderboard_rows(full)
     top = next((i for i, r in enumerate(rows) if best and r["trial"] == best[0]), None)
     sections = [_section("curves", "Training curves", _img(plots.curves_png(series), "training curves")
                          if any(series.values()) else _note("no epoch has completed yet: metrics.jsonl is empty")),
                 _section("leaderboard", "Leaderboard", _table(rows, "leaderboard", top))]
+    if subject.kind == "campaign":
+        sections.append(_insight_section(subject, full, metrics))
     if best is None:
         report.notes.append("no run has a complete checkpoint: no predictions and no test view")
         sections.append(_section("test-view", "Test view", _note(report.notes[-1])))
