@@ -176,3 +176,25 @@ def test_a_real_asha_campaign_on_s3(collect_tree: dict, capsys) -> None:
         means = sorted(e["mean"] for e in k["effects"])
         assert at_rung[0] <= means[0] and means[-1] <= at_rung[-1]
         assert sum(means) / 2 == pytest.approx(sum(at_rung) / 4)  # a 2 x 2 grid: the means of halves of the 4 values
+
+
+def test_a_storage_report_puts_every_campaign_on_one_page(storage: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "all.html"
+    assert main(["report", str(storage), "-o", str(out), "--json"]) == 0
+    said = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert said["kind"] == "storage" and said["report"] == str(out)
+    html = out.read_text()
+    assert 'id="progress-plot"' in html and html.count("<tr") >= 24 + 1
+    for name in ("a", "b"):
+        section = html[html.index(f'<section id="campaign-{name}"'):]
+        section = section[: section.index("</section>")]
+        assert f'id="effects-plot-{name}"' in section and "12 trials" in section and "model.unpooling" in section
+
+
+def test_the_storage_report_of_a_real_campaign_and_run(collect_tree: dict) -> None:
+    from unet_dist.collect.report import build_storage_report
+
+    report = build_storage_report(collect_tree["local"])
+    assert report.subject.kind == "storage" and report.checkpoint
+    assert f'id="campaign-{collect_tree["campaign"]}"' in report.html and 'id="progress-plot"' in report.html
+    assert "1 single run" in report.html and report.best_run in report.html

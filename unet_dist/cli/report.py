@@ -1,10 +1,11 @@
-"""`unet-dist report`: write one self-contained HTML report of a run or campaign.
+"""`unet-dist report`: write one self-contained HTML report of a run, a campaign or a whole storage.
 
-Renders RUN_OR_CAMPAIGN_URI (a folder written by train or tune, local or s3://, copied trees too) as one HTML file
+Renders URI (a run or campaign folder written by train or tune, local or s3://, copied trees too) as one HTML file
 that loads nothing from the network: train/val IoU and loss per epoch, the leaderboard with searched values, the
 best checkpoint's predictions on validation images (TP green, FP red, FN blue) and a test view (per-class IoU and
 Dice, pixel accuracy, confusion matrix, 5 best and 5 worst test images). Reads the dataset's Parquet shards
-directly: no Ray.
+directly: no Ray. A storage root (STORAGE, holding campaigns and runs) gets the overview instead: the best so far
+over time, one leaderboard, and what each campaign teaches (importance and effects of its searched keys).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from unet_dist.cli.common import add_command, config_flags, console, emit, json_
 
 def add_parser(sub: Any) -> None:
     p = add_command(sub, "report", run, __doc__)
-    p.add_argument("uri", metavar="RUN_OR_CAMPAIGN_URI", help="run or campaign folder: STORAGE/<name>")
+    p.add_argument("uri", metavar="URI", help="run or campaign folder (STORAGE/<name>), or STORAGE for the overview")
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write, local or s3:// (default report.html)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="split of the test view (default test; val if the dataset has none)")
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
                           "split": report.split, "notes": report.notes}))
         return 0
     best = f" · best {report.best_run} ({report.checkpoint})" if report.best_run else ""
-    console.print(f"report of {report.subject.kind} [bold]{report.subject.name}[/]{best} · test view on "
-                  f"{report.split or '-'} -> [bold]{args.output}[/] ({len(report.html.encode()) / 1e6:.1f} MB)",
-                  highlight=False, soft_wrap=True)
+    view = "" if report.subject.kind == "storage" else f" · test view on {report.split or '-'}"
+    console.print(f"report of {report.subject.kind} [bold]{report.subject.name}[/]{best}{view} -> [bold]{args.output}[/] "
+                  f"({len(report.html.encode()) / 1e6:.1f} MB)", highlight=False, soft_wrap=True)
     return 0

@@ -96,6 +96,14 @@ class Insight:
         return (f"{self.metric} at pass {_num(self.epoch)}, the best each trial had reached by then, over "
                 f"{len(self.points)} trials{left}; importance: {self.evaluator}")
 
+    def headline(self) -> str:
+        """One line for a summary: each key's importance, most important first, and what was compared."""
+        if not self.keys:
+            return f"nothing to rank yet ({len(self.points)} trials compared)"
+        keys = ", ".join(f"{k.key.rsplit('.', 1)[-1]} {k.importance:.2f}" for k in self.keys)
+        how = self.evaluator.split(" (")[0]
+        return f"{keys} ({how} over {len(self.points)} trials at pass {_num(self.epoch)})"
+
     def to_json(self) -> str:
         return json.dumps({"metric": self.metric, "mode": self.mode, "epoch": self.epoch, "evaluator": self.evaluator,
                            "trials": len(self.points), "left_out": self.left_out, "basis": self.basis,

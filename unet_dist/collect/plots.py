@@ -232,3 +232,29 @@ def pareto_png(points: Sequence[Any], metric: str, mode: str) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right" if mode == "max" else "upper right")
     return _png(fig)
+
+
+def progress_png(runs: Sequence[tuple[str, float, str]], metric: str, mode: str) -> bytes:
+    """``(ISO time the run ended, its best metric, its campaign)`` per run as points, one colour per campaign, and the
+    best so far over all of them as a step line."""
+    from datetime import datetime
+
+    timed = sorted((datetime.fromisoformat(when), value, group) for when, value, group in runs)
+    fig = _figure(9.5, 3.8)
+    ax = fig.subplots()
+    for i, group in enumerate(dict.fromkeys(t[2] for t in timed)):
+        xs, ys = zip(*[(t[0], t[1]) for t in timed if t[2] == group])
+        ax.scatter(xs, ys, s=18, color=f"C{i % 10}", label=group, zorder=3)
+    better = max if mode == "max" else min
+    best, line = None, []
+    for when, value, _ in timed:
+        best = value if best is None else better(best, value)
+        line.append((when, best))
+    if line:
+        ax.step([w for w, _ in line], [b for _, b in line], where="post", color="#1d232a", lw=1.2, label="best so far")
+        ax.legend(fontsize=8, loc="best")
+    ax.set_ylabel(metric)
+    ax.set_xlabel("when the run ended")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    return _png(fig)

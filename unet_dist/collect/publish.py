@@ -28,13 +28,16 @@ class Published:
     exported: ExportResult | None
     report: str | None
     report_of: str | None
+    insight: Any = None
+    """What the best row's campaign teaches (:class:`~unet_dist.collect.insight.Insight`); None for a single run."""
 
     def to_json(self) -> str:
         return json.dumps({
             "leaderboard": self.leaderboard.uri, "summary": self.leaderboard.summary(), "metric": self.leaderboard.metric,
             "best": self.leaderboard.rows[0] if self.leaderboard.rows else None,
             "champion": self.exported and self.exported.champion, "models": self.exported and self.exported.dest,
-            "report": self.report, "report_of": self.report_of}, default=str)
+            "report": self.report, "report_of": self.report_of,
+            "insight": self.insight and json.loads(self.insight.to_json())}, default=str)
 
 
 def best_subject(board: Leaderboard, root: str, storage: StorageConfig | None = None) -> str | None:
@@ -60,7 +63,20 @@ def publish(root: str, *, storage: StorageConfig | None = None, export_to: str |
     if subject:
         out = report_to or (resolve(root, storage) / REPORTS_DIR / f"{resolve(subject, storage).name}.html").uri
         write_report(subject, out, storage=storage, progress=progress)
-    return Published(board, exported, out, subject)
+    return Published(board, exported, out, subject, best_campaign_insight(board, root, storage))
+
+
+def best_campaign_insight(board: Leaderboard, root: str, storage: StorageConfig | None = None) -> Any:
+    """Importance and effects over the trials of the campaign that holds the best row (None for a single run)."""
+    from dataclasses import replace
+
+    from unet_dist.collect.insight import campaign_insight
+
+    campaign = board.rows[0].get("campaign")
+    if not campaign:
+        return None
+    rows = [r for r in board.rows if r.get("campaign") == campaign]
+    return campaign_insight(replace(board, rows=rows), resolve(root, storage))
 
 
 def summary_lines(result: Published) -> list[tuple[str, Any]]:
@@ -68,5 +84,6 @@ def summary_lines(result: Published) -> list[tuple[str, Any]]:
     best = result.leaderboard.rows[0] if result.leaderboard.rows else {}
     return [("leaderboard", result.leaderboard.uri), ("collected", result.leaderboard.summary()),
             (f"best {result.leaderboard.metric}", best.get("best_value")),
+            ("what matters", result.insight and result.insight.headline()),
             ("champion", result.exported and f"{result.exported.dest}/champion -> {result.exported.champion}"),
             ("report", result.report)]

@@ -18,7 +18,7 @@ import html
 import math
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from unet_dist.collect import plots
 from unet_dist.config import StorageConfig
@@ -35,7 +35,8 @@ LEGEND = (("#00ff00", "true positive"), ("#ff0000", "false positive"), ("#0000ff
 
 @dataclass
 class Subject:
-    """What a report is about: a campaign (its trials) or a single run, with the metric that ranks them."""
+    """What a report is about: a campaign (its trials), a single run, or a whole storage (kind ``storage``: no record or
+    runs of its own), with the metric that ranks them."""
 
     kind: str
     loc: Location
@@ -330,32 +331,45 @@ def _test_view(loaded: Any, manifest: dict[str, Any], split: str, progress: bool
 
 # --- what the campaign teaches -------------------------------------------------------------------------------------
 
-def _insight_section(subject: Subject, rows: list[dict[str, Any]], metrics: dict[str, list[dict[str, Any]]]) -> str:
-    """Importance and effects of the searched keys (:mod:`unet_dist.collect.insight`), parallel coordinates, the
-    effect panels and the cost/metric Pareto plot."""
+def _campaign_insight(subject: Subject, rows: list[dict[str, Any]], metrics: dict[str, list[dict[str, Any]]]) -> Any:
+    """The campaign's :class:`~unet_dist.collect.insight.Insight`, from the metrics the report has read already."""
     from unet_dist.collect.insight import analyse, history
 
     keys = sorted({k for r in rows for k in (subject.records[r["trial"]].get("params") or {})})
     hist = {r["run_uri"]: history(metrics[r["trial"]], subject.metric) for r in rows}
-    insight = analyse(rows, keys, subject.metric, subject.mode, hist)
+    return analyse(rows, keys, subject.metric, subject.mode, hist)
+
+
+def _insight_body(insight: Any, ident: str = "", figures: Sequence[str] = ("parallel", "effects", "pareto")) -> str:
+    """What a campaign teaches (:mod:`unet_dist.collect.insight`): what was compared, the importance and effects
+    table, and the ``figures`` among parallel coordinates, effect panels and the cost/metric Pareto plot."""
     body = f'<p class="basis">{_e(insight.basis)}.</p>'
     if not insight.keys:
-        return _section("insight", "What the campaign teaches",
-                        body + _note("importance needs 3 compared trials and a searched key that varies"))
+        return body + _note("importance needs 3 compared trials and a searched key that varies")
     table = [{"key": k.key if i == 0 else "", "importance": round(k.importance, 3) if i == 0 else None, "value": e.value,
               "mean": e.mean, "95% interval": f"{e.low:.4f}-{e.high:.4f}", "trials": e.n}
              for k in insight.keys for i, e in enumerate(k.ordered(insight.mode))]
     order = [k.key for k in insight.keys]
-    figures = (("parallel", "Parallel coordinates: each line a trial, through its searched values (most important "
-                "first) to its metric", plots.parallel_png(insight.points, order, insight.metric, insight.mode)),
-               ("effects", "Effects: the mean metric of each value, its 95% bootstrap interval and trial count",
-                plots.effects_png(insight.keys, insight.metric, insight.mode)),
-               ("pareto", "Cost: each trial's best metric against its wall time; the Pareto front is the trials "
-                "nothing beats on both", plots.pareto_png(insight.points, insight.metric, insight.mode)))
-    body += _table(table, "importance") + "".join(
+    drawn = {"parallel": ("Parallel coordinates: each line a trial, through its searched values (most important "
+                          "first) to its metric", lambda: plots.parallel_png(insight.points, order, insight.metric,
+                                                                             insight.mode)),
+             "effects": ("Effects: the mean metric of each value, its 95% bootstrap interval and trial count",
+                         lambda: plots.effects_png(insight.keys, insight.metric, insight.mode)),
+             "pareto": ("Cost: each trial's best metric against its wall time; the Pareto front is the trials nothing "
+                        "beats on both", lambda: plots.pareto_png(insight.points, insight.metric, insight.mode))}
+    return body + _table(table, f"importance{ident}") + "".join(
         f'<h3>{_e(caption.split(":")[0])}</h3><p class="hint">{_e(caption.split(": ", 1)[1])}.</p>'
-        + _img(png, caption, image_id=f"{name}-plot") for name, caption, png in figures)
-    return _section("insight", "What the campaign teaches", body)
+        + _img(draw(), caption, image_id=f"{name}-plot{ident}") for name, (caption, draw) in drawn.items()
+        if name in figures)
+
+
+def _page(title: str, header: str, sections: list[str]) -> str:
+    """The self-contained HTML page: inline style, embedded figures, nothing loaded from the network."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
+            f"<style>{CSS}</style></head><body><header><h1>{_e(title)}</h1>{header}</header>"
+            + "".join(sections) + f'<footer><p class="note" style="background:#f4f6f8;border-color:#d8dee4">'
+            f"Generated {now_iso()} by unet-dist report.</p></footer></body></html>\n")
 
 
 # --- the report -------------------------------------------------------------------------------------------------
@@ -375,20 +389,15 @@ def build_report(uri: str, *, split: str = "test", dataset: str | None = None, s
                          if any(series.values()) else _note("no epoch has completed yet: metrics.jsonl is empty")),
                 _section("leaderboard", "Leaderboard", _table(rows, "leaderboard", top))]
     if subject.kind == "campaign":
-        sections.append(_insight_section(subject, full, metrics))
+        sections.append(_section("insight", "What the campaign teaches",
+                                 _insight_body(_campaign_insight(subject, full, metrics))))
     if best is None:
         report.notes.append("no run has a complete checkpoint: no predictions and no test view")
         sections.append(_section("test-view", "Test view", _note(report.notes[-1])))
         data_uri = dataset
     else:
         data_uri = _model_sections(report, sections, best[1].checkpoint, split, dataset, storage, val_images, progress)
-    title = f"unet-dist report: {subject.name}"
-    report.html = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
-        f"<style>{CSS}</style></head><body><header><h1>{_e(title)}</h1>{_meta(subject, best, data_uri)}</header>"
-        + "".join(sections) + f'<footer><p class="note" style="background:#f4f6f8;border-color:#d8dee4">'
-        f"Generated {now_iso()} by unet-dist report.</p></footer></body></html>\n")
+    report.html = _page(f"unet-dist report: {subject.name}", _meta(subject, best, data_uri), sections)
     return report
 
 
@@ -422,8 +431,72 @@ def _model_sections(report: Report, sections: list[str], checkpoint: str, split:
     return data_uri
 
 
+# --- a whole storage: every campaign on one page -------------------------------------------------------------------
+
+OVERVIEW_HIDDEN = HIDDEN_COLUMNS - {"campaign"}
+
+
+def build_storage_report(uri: str, *, storage: StorageConfig | None = None, **_: Any) -> Report:
+    """The overview of every campaign and single run under a storage root: the best so far over time, one leaderboard,
+    and per campaign what it teaches (importance and effects). Reads records and metrics only: no checkpoint."""
+    from unet_dist.collect.insight import analyse, histories
+    from unet_dist.collect.leaderboard import collect, columns
+
+    loc = resolve(uri, storage)
+    board = collect(loc, storage=storage, write=False)
+    if not board.rows:
+        raise StorageError(f"{loc.uri} holds no {CAMPAIGN_RECORD}, no {RUN_RECORD} and no runs under it: pass a run or "
+                           "campaign folder (STORAGE/<name>) or a storage root that holds some")
+    hist = histories(board.rows, loc, board.metric)
+    shown = [c for c in columns(board.rows) if c not in OVERVIEW_HIDDEN]
+    better = max if board.mode == "max" else min
+    ended = [(r.get("ended_at") or r["updated_at"], better(v for _, v in hist[r["run_uri"]]), r.get("campaign") or
+              "single runs") for r in board.rows if hist.get(r["run_uri"]) and (r.get("ended_at") or r.get("updated_at"))]
+    sections = [_section("progress", "Best so far", _img(plots.progress_png(ended, board.metric, board.mode),
+                                                         "best so far over time", image_id="progress-plot")),
+                _section("leaderboard", "Leaderboard", _table([{c: r.get(c) for c in shown} for r in board.rows],
+                                                              "leaderboard", 0))]
+    for name in dict.fromkeys(r["campaign"] for r in board.rows if r.get("campaign")):
+        rows = [r for r in board.rows if r.get("campaign") == name]
+        keys = [k for k in board.searched if any(r.get(k) is not None for r in rows)]
+        insight = analyse(rows, keys, board.metric, board.mode, hist)
+        hint = (f'<p class="hint">{len(rows)} trials; <code>unet-dist report {_e((loc / name).uri)}</code> for its '
+                "curves, predictions and test view.</p>")
+        sections.append(_section(f"campaign-{name}", f"Campaign {name}", hint + _insight_body(insight, f"-{name}",
+                                                                                             ("effects",))))
+    subject = Subject("storage", loc, {}, {}, {}, board.metric, board.mode)
+    top = board.rows[0]
+    report = Report("", subject, f"{top['campaign']}/{top['trial']}" if top.get("campaign") else str(top["trial"]),
+                    top.get("best_checkpoint"))
+    report.html = _page(f"unet-dist report: {loc.uri}", _storage_meta(board, loc), sections)
+    return report
+
+
+def _storage_meta(board: Any, loc: Location) -> str:
+    from unet_dist.collect.leaderboard import sort_value
+
+    top = board.rows[0]
+    campaigns = sorted({r["campaign"] for r in board.rows if r.get("campaign")})
+    singles = sum(1 for r in board.rows if not r.get("campaign"))
+    items = [("kind", "storage"), ("location", _e(loc.uri)), ("metric", _e(f"{board.metric} ({board.mode})")),
+             ("runs", _e(board.summary())),
+             ("campaigns", _e(", ".join(campaigns) or "–") + (f" · {singles} single run{'s' * (singles != 1)}" if singles else "")),
+             ("best", _e(f"{top.get('campaign') or ''}{'/' if top.get('campaign') else ''}{top['trial']}: "
+                         f"{board.metric} {_fmt(sort_value(top, board.metric))}")),
+             ("best checkpoint", _e(top.get("best_checkpoint") or "–"))]
+    return '<table class="meta">' + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in items) + "</table>"
+
+
+def is_storage_root(uri: str, storage: StorageConfig | None = None) -> bool:
+    """Whether ``uri`` is neither a campaign nor a run folder (a storage root gets the overview)."""
+    loc = resolve(uri, storage)
+    return not (loc / CAMPAIGN_RECORD).exists() and not (loc / RUN_RECORD).exists()
+
+
 def write_report(uri: str, output: str, **kwargs: Any) -> Report:
-    """Build the report and write it to ``output`` (local path or s3://), whole or not at all."""
-    report = build_report(uri, **kwargs)
+    """Build the report of a run, a campaign or (:func:`build_storage_report`) a whole storage and write it to
+    ``output`` (local path or s3://), whole or not at all."""
+    build = build_storage_report if is_storage_root(uri, kwargs.get("storage")) else build_report
+    report = build(uri, **kwargs)
     resolve(output, kwargs.get("storage")).write_text(report.html)
     return report
