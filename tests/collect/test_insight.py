@@ -198,3 +198,13 @@ def test_the_storage_report_of_a_real_campaign_and_run(collect_tree: dict) -> No
     assert report.subject.kind == "storage" and report.checkpoint
     assert f'id="campaign-{collect_tree["campaign"]}"' in report.html and 'id="progress-plot"' in report.html
     assert "1 single run" in report.html and report.best_run in report.html
+
+
+def test_when_nothing_stands_out_it_says_so() -> None:
+    rng = np.random.default_rng(5)
+    rows = [{"campaign": "c", "trial": f"t{i}", "run_uri": f"mem://{i}", "status": "finished",
+             "model.unpooling": ["transpose", "bilinear"][i % 2]} for i in range(12)]
+    hist = {f"mem://{i}": [(1.0, float(rng.normal(0.5, 0.05)))] for i in range(12)}
+    found = ins.analyse(rows, ["model.unpooling"], METRIC, "max", hist)
+    assert found.keys[0].importance < ins.NOTHING and "no searched key explains" in found.caveat
+    assert json.loads(found.to_json())["caveat"] == found.caveat

@@ -326,7 +326,7 @@ def test_the_default_table_is_readable_at_80_columns() -> None:
         assert max(map(len, lines)) <= 80, (keys, lines)
         cells = next(line for line in lines if line.lstrip().startswith("#")).split()
         assert all(len(c) >= 5 for c in cells if c.endswith("…")), (keys, cells)  # 4 characters and the ellipsis
-        hidden = re.search(r"\((\d+) more\s+searched\s+key", " ".join(lines))
+        hidden = re.search(r"(\d+) more\s+searched\s+key", " ".join(lines))
         assert len(cells) - 8 + (int(hidden.group(1)) if hidden else 0) == keys, (keys, lines)  # what does not fit is named
     wide = Console(width=200, record=True, color_system=None)
     wide.print(board.to_table(wide=True))

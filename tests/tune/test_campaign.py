@@ -137,3 +137,25 @@ def test_trial_events_are_one_line_each_for_a_log() -> None:
         "trial 00001 started: backbone=resnet18, lr=0.0030", "trial 00001 error: CUDA out of memory"]
     assert events.update([row("00000", "early_stopped", 3, 0.58, 0.61)], "val_image_mean_iou") == [
         "trial 00000 epoch 3: image mIoU 0.5800 (best 0.6100)", "trial 00000 stopped early after 3 epochs, best 0.6100"]
+
+
+def test_the_trials_table_is_readable_at_80_columns() -> None:
+    """The live view's and `unet-dist tune`'s closing table: searched values share the width as `collect`'s do."""
+    from rich.console import Console
+
+    from unet_dist.tune.campaign import trials_table
+
+    keys = ["model.backbone", "model.unpooling", "train.lr", "model.activation"]
+    rows = [{"trial_id": f"f3d8d_{i:05d}", "status": ["finished", "early_stopped"][i % 2], "epochs": 4 - i % 2,
+             "params": {"model.backbone": "resnet18", "model.unpooling": "pixelshuffle", "train.lr": 0.000318 * (i + 1),
+                        "model.activation": "leaky_relu"}, "val_iou": 0.8077, "best_value": 0.5924, "images_per_s": 13.4}
+            for i in range(12)]
+    out = Console(width=80, record=True, color_system=None)
+    out.print(trials_table(rows, keys, "val_image_mean_iou", title="top 5 of 12 trials", limit=5))
+    lines = out.export_text().splitlines()
+    assert max(map(len, lines)) <= 80, lines
+    header = next(line for line in lines if line.lstrip().startswith("trial")).split()
+    assert header[:2] == ["trial", "status"] and header[-6:] == ["ep", "IoU", "best", "img", "mIoU", "img/s"], header
+    assert all(len(c) >= 5 for c in header if c.endswith("…")), header  # never cut below 4 characters
+    body = "\n".join(lines)
+    assert "00000  done" in body and " early " in body and "pixel…" in body and "0.0016" in body

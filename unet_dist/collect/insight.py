@@ -34,6 +34,8 @@ EVALUATORS = ("anova", "ped-anova", "fanova")
 MAX_GROUPS = 4
 """A numeric key with more distinct values than this is grouped into quantile bins for effects and ANOVA."""
 RESAMPLES = 2000
+NOTHING = 0.01
+"""Importances all below this: no key stands out from chance, and the table and report say so."""
 EPS = 1e-9
 
 
@@ -96,6 +98,14 @@ class Insight:
         return (f"{self.metric} at pass {_num(self.epoch)}, the best each trial had reached by then, over "
                 f"{len(self.points)} trials{left}; importance: {self.evaluator}")
 
+    @property
+    def caveat(self) -> str | None:
+        """A warning when no key stands out: every importance under :data:`NOTHING`."""
+        if self.keys and max(k.importance for k in self.keys) < NOTHING:
+            return (f"no searched key explains more of the spread than chance would over {len(self.points)} trials: "
+                    "run more trials, or compare at a later pass (--at-epoch) if enough trials reached it")
+        return None
+
     def headline(self) -> str:
         """One line for a summary: each key's importance, most important first, and what was compared."""
         if not self.keys:
@@ -106,7 +116,7 @@ class Insight:
 
     def to_json(self) -> str:
         return json.dumps({"metric": self.metric, "mode": self.mode, "epoch": self.epoch, "evaluator": self.evaluator,
-                           "trials": len(self.points), "left_out": self.left_out, "basis": self.basis,
+                           "trials": len(self.points), "left_out": self.left_out, "basis": self.basis, "caveat": self.caveat,
                            "keys": [asdict(k) for k in self.keys]}, default=str)
 
     def to_table(self) -> Any:
@@ -114,7 +124,8 @@ class Insight:
         from rich import box
         from rich.table import Table
 
-        t = Table(title=f"what matters for {self.metric} ({self.mode})", caption=self.basis, box=box.SIMPLE_HEAD,
+        caption = self.basis + (f". Note: {self.caveat}" if self.caveat else "")
+        t = Table(title=f"what matters for {self.metric} ({self.mode})", caption=caption, box=box.SIMPLE_HEAD,
                   show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True, caption_justify="left")
         for name, justify in (("key", "left"), ("importance", "right"), ("value", "left"), ("mean", "right"),
                               ("95% interval", "right"), ("n", "right")):

@@ -185,67 +185,22 @@ class Leaderboard:
     def _compact_table(self, limit: int | None, width: int = 80) -> Any:
         """The default table: chosen columns whose headers and values fit ``width`` columns, searched keys and values
         abbreviated to share what the fixed columns leave (``--wide`` for the rest, whole)."""
-        from rich import box
-        from rich.table import Table
-
-        from unet_dist.live import metric_label
+        from unet_dist.live import STATUS_SHORT, compact_table, metric_label
 
         rows = self.rows[:limit]
-        params = self.searched
         campaigns = {r.get("campaign") for r in self.rows}
         one = next(iter(campaigns)) if len(campaigns) == 1 and None not in campaigns else None
         head = ["#", "trial" if one else "run", "status"]
         tail = [metric_label(self.metric).removeprefix("val ").replace("image ", "img "), "ep", "wall s"]
-        cells = [[str(r["rank"]), str(r["trial"]).rsplit("_", 1)[-1] if one else _run_label(r)[:24],
-                  STATUS_SHORT.get(r["status"], r["status"]) + (" !" if r.get("problem") else ""),
-                  _fmt(sort_value(r, self.metric)), f"{_fmt(r.get('best_epoch'))}/{_fmt(r.get('epochs'))}",
-                  _fmt(r.get("wall_time_s"), 0)] for r in rows]
-        room = width - sum(max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate([*head, *tail])) \
-            - 2 * (len(head) + len(tail) - 1)  # rich pads each side of a cell by 1
-        shown = _most_varied(params, rows, max(0, room // (MIN_SHARE + 2)))
-        share = max(MIN_SHARE, min(12, room // max(1, len(shown)) - 2))
+        lines = [([str(r["rank"]), str(r["trial"]).rsplit("_", 1)[-1] if one else _run_label(r)[:24],
+                   STATUS_SHORT.get(r["status"], r["status"]) + (" !" if r.get("problem") else "")],
+                  [r.get(p) for p in self.searched],
+                  [_fmt(sort_value(r, self.metric)), f"{_fmt(r.get('best_epoch'))}/{_fmt(r.get('epochs'))}",
+                   _fmt(r.get("wall_time_s"), 0)]) for r in rows]
         where = f" of campaign {one}" if one else ""
-        n_hidden = len(params) - len(shown)
-        hidden = f" ({n_hidden} more searched key{'s' * (n_hidden > 1)})" if n_hidden else ""
-        t = Table(title=f"leaderboard by {self.metric} ({self.mode}){where}: {len(rows)} of {len(self.rows)} runs",
-                  caption=f"ep: best epoch/epochs · --wide: all columns{hidden}",
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
-        for name in head:
-            t.add_column(name, justify="right" if name == "#" else "left", no_wrap=True)
-        for p in shown:
-            t.add_column(abbreviate(p.split(".")[-1], share), no_wrap=True)
-        for name in tail:
-            t.add_column(name, justify="right", no_wrap=True)
-        for r, c in zip(rows, cells):
-            t.add_row(*c[:3], *(abbreviate(r.get(p), share) for p in shown), *c[3:])
-        return t
-
-
-MIN_SHARE = 5
-"""The narrowest a searched key's column gets in the compact table (4 characters and an ellipsis, or ``3e-04``)."""
-
-
-def _most_varied(params: list[str], rows: list[dict[str, Any]], k: int) -> list[str]:
-    """The ``k`` searched keys with the most distinct values among ``rows`` (a key held fixed tells nothing), in
-    column order."""
-    keep = set(sorted(params, key=lambda p: -len({json.dumps(r.get(p), default=str) for r in rows}))[:k])
-    return [p for p in params if p in keep]
-
-
-STATUS_SHORT = {"finished": "done", "early_stopped": "early", "running": "run"}
-"""Statuses as the compact leaderboard shows them (the others are short already)."""
-
-
-def abbreviate(value: Any, width: int = 10) -> str:
-    """A searched value or key in at most ``width`` characters: numbers in 3, else 2 significant digits, else
-    exponent form; long names cut with an ellipsis (``pixel_shuffle`` -> ``pixel_shu…``); ``--wide`` shows them whole."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        text = next((t for t in (f"{value:.3g}", f"{value:.2g}", f"{value:.0e}") if len(t) <= width), f"{value:.0e}")
-    else:
-        text = str(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+        return compact_table(head, self.searched, tail, lines, width=width,
+                             title=f"leaderboard by {self.metric} ({self.mode}){where}: {len(rows)} of {len(self.rows)} runs",
+                             caption="ep: best epoch/epochs · --wide: all columns")
 
 
 def _run_label(row: dict[str, Any]) -> str:

@@ -346,6 +346,8 @@ def _insight_body(insight: Any, ident: str = "", figures: Sequence[str] = ("para
     body = f'<p class="basis">{_e(insight.basis)}.</p>'
     if not insight.keys:
         return body + _note("importance needs 3 compared trials and a searched key that varies")
+    if insight.caveat:
+        body += _note(insight.caveat)
     table = [{"key": k.key if i == 0 else "", "importance": round(k.importance, 3) if i == 0 else None, "value": e.value,
               "mean": e.mean, "95% interval": f"{e.low:.4f}-{e.high:.4f}", "trials": e.n}
              for k in insight.keys for i, e in enumerate(k.ordered(insight.mode))]

@@ -293,21 +293,19 @@ class TrialEvents:
         return out
 
 
-def trials_table(rows: list[dict[str, Any]], keys: list[str], metric: str, title: str = "", limit: int | None = None) -> Any:
-    """The trials as a rich table: searched values, status, epochs, val IoU, best monitored metric, images/s."""
-    from rich import box
-    from rich.table import Table
+def trials_table(rows: list[dict[str, Any]], keys: list[str], metric: str, title: str = "", limit: int | None = None,
+                 width: int = 80) -> Any:
+    """The trials as a rich table that fits ``width`` columns: trial, status, the searched values (abbreviated to
+    share the width, as the collector's table does), epochs, val IoU, the best monitored metric, images/s."""
+    from unet_dist.live import STATUS_SHORT, compact_table
 
-    t = Table(title=title or None, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
-    t.add_column("trial", no_wrap=True)
-    for key in keys:
-        t.add_column(key.split(".", 1)[1], no_wrap=True)
-    for col in ("status", "epochs", "val IoU", f"best {metric_label(metric).removeprefix('val ')}", "img/s"):
-        t.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
-    for r in rows[:limit]:
-        t.add_row(r["trial_id"].rsplit("_", 1)[-1], *(_fmt(r["params"].get(k)) for k in keys), str(r["status"]),
-                  str(r["epochs"]), _fmt(r["val_iou"]), _fmt(r["best_value"]), _fmt(r["images_per_s"], 1))
-    return t
+    best = f"best {metric_label(metric).removeprefix('val ').replace('image ', 'img ')}"
+    lines = [([r["trial_id"].rsplit("_", 1)[-1], STATUS_SHORT.get(str(r["status"]), str(r["status"]))],
+              [r["params"].get(k) for k in keys],
+              [str(r["epochs"]), _fmt(r["val_iou"]), _fmt(r["best_value"]), _fmt(r["images_per_s"], 1)])
+             for r in rows[:limit]]
+    return compact_table(["trial", "status"], keys, ["ep", "IoU", best, "img/s"], lines, title=title or None,
+                         width=width)
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
