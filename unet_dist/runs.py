@@ -368,13 +368,15 @@ def progress_fields(rows: list[dict[str, Any]], best: Best | None) -> dict[str, 
 
 
 def finish_record(run: RunDir, status: Status, error: str | None = None, rows: list[dict[str, Any]] | None = None,
-                  **extra: Any) -> dict[str, Any]:
-    """Close a run record with its final status, end time and the best/final metrics found on storage (``rows``: its
-    metrics when the caller has read them already)."""
+                  ended_at: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Close a run record with its final status, end time (now, or ``ended_at`` when the run ended before whoever
+    closes it looked) and the best/final metrics found on storage (``rows``: its metrics when the caller has read
+    them already)."""
     cfg_monitor = (run.read_record() or {}).get("monitor") or LEGACY_MONITOR
     rows = run.metrics() if rows is None else rows
     best = run.best(cfg_monitor["metric"], cfg_monitor["mode"], rows)
-    return run.update_record(status=status, error=error, ended_at=now_iso(), **progress_fields(rows, best), **extra)
+    return run.update_record(status=status, error=error, ended_at=ended_at or now_iso(), **progress_fields(rows, best),
+                             **extra)
 
 
 class CampaignDir(RecordFolder):

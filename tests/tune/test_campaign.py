@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
 
@@ -52,6 +53,9 @@ def test_backbone_by_unpooling_campaign_on_s3(shared_campaign) -> None:
         if rec["status"] == "finished":
             assert len(rows) == CAMPAIGN_EPOCHS
         assert rec["config"]["model"]["backbone"] == rec["params"]["model.backbone"]
+        # a trial ended when its worker last wrote (its last epoch's event), not when the campaign closed it
+        last_event = max(e["time"] for e in run.events())
+        assert abs(datetime.fromisoformat(rec["ended_at"]).timestamp() - last_event) < 5, (rec["ended_at"], last_event)
         hparams = run.loc / "tensorboard" / "hparams"
         assert hparams.exists() and any(c.name.startswith("events.out.tfevents") for c in hparams.ls())
     assert seen == {(b, u) for b in ("scratch", "resnet18") for u in ("transpose", "bilinear")}

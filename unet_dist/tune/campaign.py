@@ -138,7 +138,8 @@ def _tune(cfg: Config, checked: CheckedSpace, campaign: CampaignDir, searcher: A
 
 def close_after_tune(campaign: CampaignDir, grid: Any) -> None:
     """Trials Tune ended without their own last word: ``error`` where Tune saw an exception, else ``early_stopped``
-    (a trial the scheduler stops never returns to write its record). Then every trial's hparams for TensorBoard."""
+    or ``finished`` (a trial the scheduler stops never returns to write its record), ended at their worker's last
+    write. Then every trial's hparams for TensorBoard."""
     from unet_dist.train import write_hparams
 
     errors = {_trial_id(r): r.error for r in grid if r.error is not None}
@@ -151,7 +152,9 @@ def close_after_tune(campaign: CampaignDir, grid: Any) -> None:
             rows = run.metrics()
             latest = {**record, **progress_fields(rows, None)}
             status = "error" if err else "finished" if ran_to_the_end(latest) else "early_stopped"
-            record = finish_record(run, status, _one_line(err) if err else None, rows=rows)
+            # it ended at its worker's last write, not now: the campaign may have run on for minutes since
+            record = finish_record(run, status, _one_line(err) if err else None, rows=rows,
+                                   ended_at=record.get("updated_at"))
         if record.get("params") and record.get("status") != "invalid":
             write_hparams(run, record["params"], {**record.get("final_metrics", {}), "best": (record.get("best") or {}).get("value")})
 
