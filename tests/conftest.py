@@ -68,6 +68,20 @@ def isbi_dir() -> Path:
     return ISBI
 
 
+def stop_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
+    """Stop a server's process group (SIGKILL if it has not gone after 20 s)."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
 class Weed:
     """A real S3 server: SeaweedFS `weed mini` on 127.0.0.1, on fixed free ports and a fixed data dir, so
     :meth:`stop` then :meth:`start` brings the same endpoint back with the same objects (the outage tests). Its
@@ -124,16 +138,7 @@ class Weed:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the server's process group (SIGKILL if it has not gone after 20 s)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc, sig)
 
     def fs(self) -> Any:
         import s3fs
@@ -165,6 +170,57 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class MlflowServer:
+    """A real MLflow tracking server (`mlflow server` from PyPI) on 127.0.0.1: a SQLite backend store and a local
+    artifact root in a fixed folder, on a fixed free port, so :meth:`stop` then :meth:`start` brings the same server
+    back with its runs (the outage tests)."""
+
+    def __init__(self, data: Path) -> None:
+        self.data, self.proc = data, None
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        mlflow = Path(sys.executable).parent / "mlflow"
+        if not mlflow.exists():
+            pytest.fail("the `mlflow` command is missing: run `make test` to install test deps")
+        self.data.mkdir(parents=True, exist_ok=True)
+        cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{self.data / 'mlflow.db'}",
+               "--artifacts-destination", str(self.data / "artifacts")]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+        with open(self.data / "mlflow.log", "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 90
+        while not self.up():
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"mlflow server did not start; log: {(self.data / 'mlflow.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+
+    def up(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real MLflow tracking server for the session (:class:`MlflowServer`), stopped at the end."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

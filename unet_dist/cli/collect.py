@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from typing import Any
 
 from unet_dist.collect.insight import EVALUATORS
@@ -38,6 +39,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--evaluator", choices=EVALUATORS, default=EVALUATORS[0],
                    help="with --importance: anova (default: each key's share of the variance), ped-anova (Optuna: "
                         "what it takes to reach the top trials) or fanova (Optuna and scikit-learn)")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="also mirror every run and campaign into this MLflow tracking server (params, per-epoch "
+                        "metrics, status, run.json; a campaign as a parent run with nested trials); a re-run logs only "
+                        "what is new. Credentials: MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN")
+    p.add_argument("--experiment", default="unet-dist", metavar="NAME", help="MLflow experiment for --mlflow (default unet-dist)")
     p.add_argument("--out", metavar="PATH", help="file for --format csv/parquet (local path or s3://)")
     p.add_argument("--no-write", action="store_true", help="do not write the leaderboard and its index to storage")
     config_flags(p)
@@ -53,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         board = collect(args.storage, storage=storage_config(args), campaigns=args.campaign, statuses=args.status,
                         write=not args.no_write, metric=args.metric, progress=lambda done, n: bar.update(task, completed=done, total=n))
     warn(board.warnings())
+    if args.mlflow:
+        mirror(args)
     if args.importance:
         return importance(board, args)
     if args.format == "json":
@@ -66,6 +74,17 @@ def run(args: argparse.Namespace) -> int:
     written = f" -> {board.uri}" if not args.no_write else ""
     console.print(f"{board.summary()}{written}", highlight=False, soft_wrap=True)
     return 0
+
+
+def mirror(args: argparse.Namespace) -> None:
+    """Mirror the storage into MLflow (:func:`unet_dist.collect.mirror.sync_storage`); one line on stderr says what it did."""
+    from unet_dist.collect.mirror import sync_storage
+
+    busy = err_console.status(f"mirroring into MLflow at {args.mlflow}") if args.format == "table" else nullcontext()
+    with busy:
+        result = sync_storage(args.storage, args.mlflow, args.experiment, storage_config(args), args.campaign)
+    err_console.print(f"MLflow {args.mlflow} experiment {args.experiment}: {result.summary()}", highlight=False,
+                      soft_wrap=True)
 
 
 def importance(board: Any, args: argparse.Namespace) -> int:
