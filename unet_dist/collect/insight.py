@@ -195,7 +195,8 @@ def compare_at(rows: Sequence[dict[str, Any]], hist: dict[str, list[tuple[float,
         if uri not in reached:
             continue
         if reached[uri] < epoch - EPS:
-            left[f"stopped before pass {_num(epoch)}"] = left.get(f"stopped before pass {_num(epoch)}", 0) + 1
+            why = f"stopped before pass {_num(epoch)}"
+            left[why] = left.get(why, 0) + 1
             continue
         value = better(v for e, v in hist[uri] if e <= epoch + EPS)
         points.append(Point(str(r.get("trial")), {k: r.get(k) for k in keys}, value, str(r.get("status")),

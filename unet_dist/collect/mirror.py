@@ -25,8 +25,12 @@ def _probe(uri: str, timeout: float = 5.0) -> None:
     except urllib.error.HTTPError:
         return  # it answered: a server without /health (or behind a proxy) is the client's to judge
     except OSError as err:
-        raise StorageError(f"MLflow at {uri} did not answer ({getattr(err, 'reason', err)}); storage is unchanged: run "
-                           "this again when the server is up") from None
+        raise _down(uri, str(getattr(err, "reason", err))) from None
+
+
+def _down(uri: str, why: str) -> StorageError:
+    return StorageError(f"MLflow at {uri} did not answer ({why}); storage is unchanged: run this again when the "
+                        "server is up")
 
 
 def sync_storage(root: str, uri: str, experiment: str = "unet-dist", storage: Any = None,
@@ -54,6 +58,5 @@ def sync_storage(root: str, uri: str, experiment: str = "unet-dist", storage: An
     except ConfigError:
         raise
     except Exception as err:  # the server down or refusing: one line, storage untouched
-        raise StorageError(f"MLflow at {uri} did not answer ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                           "storage is unchanged: run this again when the server is up") from None
+        raise _down(uri, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
     return mirror.result

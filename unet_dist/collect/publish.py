@@ -59,11 +59,11 @@ def publish(root: str, *, storage: StorageConfig | None = None, export_to: str |
         raise UserError(f"no runs or campaigns under {root}: nothing to collect ({board.summary()})")
     exported = export(root, export_to, top=top, campaigns=campaigns, storage=storage) if export_to else None
     subject = best_subject(board, root, storage) if report else None
-    out = None
-    if subject:
-        out = report_to or (resolve(root, storage) / REPORTS_DIR / f"{resolve(subject, storage).name}.html").uri
-        write_report(subject, out, storage=storage, progress=progress)
-    return Published(board, exported, out, subject, best_campaign_insight(board, root, storage))
+    if not subject:
+        return Published(board, exported, None, None, best_campaign_insight(board, root, storage))
+    out = report_to or (resolve(root, storage) / REPORTS_DIR / f"{resolve(subject, storage).name}.html").uri
+    page = write_report(subject, out, storage=storage, progress=progress)
+    return Published(board, exported, out, subject, page.insight)  # the report's: its metrics are read once
 
 
 def best_campaign_insight(board: Leaderboard, root: str, storage: StorageConfig | None = None) -> Any:

@@ -61,6 +61,8 @@ class Report:
     checkpoint: str | None = None
     split: str | None = None
     notes: list[str] = field(default_factory=list)
+    insight: Any = None
+    """A campaign's :class:`~unet_dist.collect.insight.Insight` (None for a run or a storage)."""
 
 
 def open_subject(uri: str, storage: StorageConfig | None = None) -> Subject:
@@ -391,8 +393,8 @@ def build_report(uri: str, *, split: str = "test", dataset: str | None = None, s
                          if any(series.values()) else _note("no epoch has completed yet: metrics.jsonl is empty")),
                 _section("leaderboard", "Leaderboard", _table(rows, "leaderboard", top))]
     if subject.kind == "campaign":
-        sections.append(_section("insight", "What the campaign teaches",
-                                 _insight_body(_campaign_insight(subject, full, metrics))))
+        report.insight = _campaign_insight(subject, full, metrics)
+        sections.append(_section("insight", "What the campaign teaches", _insight_body(report.insight)))
     if best is None:
         report.notes.append("no run has a complete checkpoint: no predictions and no test view")
         sections.append(_section("test-view", "Test view", _note(report.notes[-1])))
