@@ -128,7 +128,29 @@ def _stop(proc: subprocess.Popen, temp_dir: str) -> None:
 @contextmanager
 def start_head(num_cpus: float, *, gcs_port: int | None = None, autoscaling_config: Path | None = None,
                extra_env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[Head]:
-    """``ray start --head --block`` on 127.0.0.1 with free ports and a short temp dir; stopped on exit."""
+    """``ray start --head --block`` on 127.0.0.1 with free ports and a short temp dir; stopped on exit. A head whose
+    ``ray start`` exits before it is ready (seen on a loaded CI machine: the raylet missed the GCS's 30 s deadline)
+    is tried once more with fresh ports and temp dir; a fixed ``gcs_port`` is kept."""
+    for attempt in (1, 2):
+        head = _launch(num_cpus, gcs_port, autoscaling_config, extra_env)
+        try:
+            _wait_ready(head, timeout)
+            break
+        except HeadExited:
+            _discard(head)
+            if attempt == 2:
+                raise
+        except BaseException:
+            _discard(head)
+            raise
+    try:
+        yield head
+    finally:
+        _discard(head)
+
+
+def _launch(num_cpus: float, gcs_port: int | None, autoscaling_config: Path | None,
+            extra_env: dict[str, str] | None) -> Head:
     temp_dir = tempfile.mkdtemp(prefix="urh", dir="/tmp")
     ports = free_ports(7, avoid={gcs_port} if gcs_port else set())
     gcs_port, dash_port = gcs_port or ports.pop(), ports.pop()
@@ -144,13 +166,16 @@ def start_head(num_cpus: float, *, gcs_port: int | None = None, autoscaling_conf
     log = Path(temp_dir) / "head.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    head = Head(proc, temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", env, log)
-    try:
-        _wait_ready(head, timeout)
-        yield head
-    finally:
-        _stop(proc, temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    return Head(proc, temp_dir, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", env, log)
+
+
+def _discard(head: Head) -> None:
+    _stop(head.proc, head.temp_dir)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+class HeadExited(RuntimeError):
+    """``ray start`` exited before its head was ready."""
 
 
 def _wait_ready(head: Head, timeout: float) -> None:
@@ -158,7 +183,7 @@ def _wait_ready(head: Head, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if head.proc.poll() is not None:
-            raise RuntimeError(f"ray start exited {head.proc.returncode}: {head.log.read_text()[-3000:]}")
+            raise HeadExited(f"ray start exited {head.proc.returncode}: {head.log.read_text()[-3000:]}")
         try:
             head.get("/api/jobs/")
             if head.alive_nodes():

@@ -163,3 +163,16 @@ def test_the_trials_table_is_readable_at_80_columns() -> None:
     assert all(len(c) >= 5 for c in header if c.endswith("…")), header  # never cut below 4 characters
     body = "\n".join(lines)
     assert "00000  done" in body and " early " in body and "pixel…" in body and "0.0016" in body
+
+
+def test_a_stopped_trial_ends_at_its_last_write_record_or_event(tmp_path) -> None:
+    """ASHA stops a trial at its last report, after its epoch event and before run.json follows: the trial ended at
+    whichever of the two was written last, never at the time the campaign closes it."""
+    from unet_dist.tune.campaign import last_write
+
+    run = RunDir(resolve(str(tmp_path / "t0")))
+    run.write_record({"status": "running", "updated_at": "2026-12-07T23:23:49+00:00"})
+    assert last_write(run, run.read_record()) == "2026-12-07T23:23:49+00:00"
+    run.append("events.jsonl", {"event": "epoch_end", "epoch": 3, "time": datetime.fromisoformat("2026-12-07T23:24:17+00:00").timestamp()})
+    assert last_write(run, run.read_record()) == "2026-12-07T23:24:17+00:00"
+    assert last_write(run, {"status": "running", "updated_at": "2026-12-07T23:30:00+00:00"}) == "2026-12-07T23:30:00+00:00"

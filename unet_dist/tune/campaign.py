@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from unet_dist.config import Config
 from unet_dist.errors import ConfigError, UserError
-from unet_dist.runs import (TUNE_STATE_DIR, CampaignDir, finish_record, new_campaign_record, now_iso, progress_fields,
-                            start_record)
+from unet_dist.runs import (TUNE_STATE_DIR, CampaignDir, RunDir, finish_record, new_campaign_record, now_iso,
+                            progress_fields, start_record)
 from unet_dist.storage import public_config, ray_storage, resolve
 from unet_dist.live import LiveTable, metric_label
 from unet_dist.tune.schedulers import SCHEDULERS, SEARCHERS
@@ -152,11 +153,19 @@ def close_after_tune(campaign: CampaignDir, grid: Any) -> None:
             rows = run.metrics()
             latest = {**record, **progress_fields(rows, None)}
             status = "error" if err else "finished" if ran_to_the_end(latest) else "early_stopped"
-            # it ended at its worker's last write, not now: the campaign may have run on for minutes since
             record = finish_record(run, status, _one_line(err) if err else None, rows=rows,
-                                   ended_at=record.get("updated_at"))
+                                   ended_at=last_write(run, record))
         if record.get("params") and record.get("status") != "invalid":
             write_hparams(run, record["params"], {**record.get("final_metrics", {}), "best": (record.get("best") or {}).get("value")})
+
+
+def last_write(run: RunDir, record: dict[str, Any]) -> str | None:
+    """When a trial Tune stopped last wrote: its record's update or its last event, whichever is later. Not now (the
+    campaign may have run on for minutes since), and not the record alone: a trial stopped at its last report dies
+    before its worker brings run.json up to date, after the epoch's event is written."""
+    times = [datetime.fromisoformat(record["updated_at"]).timestamp()] if record.get("updated_at") else []
+    times += [e["time"] for e in run.events() if isinstance(e.get("time"), (int, float))]
+    return datetime.fromtimestamp(max(times), timezone.utc).isoformat(timespec="seconds") if times else None
 
 
 def ran_to_the_end(record: dict[str, Any]) -> bool:
