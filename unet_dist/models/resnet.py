@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from unet_dist.config import ModelConfig
@@ -21,6 +20,8 @@ class ResNetEncoder(Encoder):
     """
 
     def __init__(self, name: str, cfg: ModelConfig) -> None:
+        import torchvision  # here, not at import: 1.3 s a process (a worker, a CLI) that builds no torchvision encoder
+
         super().__init__(name, torchvision_name=name)
         with torch.device("meta"):
             full = getattr(torchvision.models, name)(weights=None)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
-from torchvision.models import WeightsEnum, get_model_weights
 
 from unet_dist.catalog import is_weights_file, weights_member
 from unet_dist.config import ModelConfig, StorageConfig
@@ -24,10 +23,16 @@ from unet_dist.models.blocks import Encoder
 from unet_dist.models.registry import create_encoder
 from unet_dist.runs import state_location
 
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
+
+
 def torchvision_weights(model_name: str, name: str) -> WeightsEnum:
     """Resolve ``name`` to a member of ``model_name``'s torchvision weights enum, without downloading (the name is
     checked, with the one-line errors config validation gives, by :func:`unet_dist.catalog.weights_member`)."""
     member = weights_member(model_name, name)
+    from torchvision.models import get_model_weights  # lazily: torchvision takes 1.3 s to import
+
     enum = get_model_weights(model_name)
     return enum.DEFAULT if member == "DEFAULT" else enum[member]
 
