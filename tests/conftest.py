@@ -333,13 +333,15 @@ SPACE = {"model.backbone": {"grid": ["scratch", "resnet18"]}, "model.unpooling":
 
 
 @pytest.fixture(scope="session")
-def shared_campaign(isbi_small_dir: Path, s3_server: dict, ray_tmpdir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def shared_campaign(isbi_small_dir: Path, s3_server: dict, ray_tmpdir: Path, mlflow_server: MlflowServer,
+                    tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One small campaign and one run trained once per session, read by the tune, collect, export, gc and report
     tests: ``{"s3": STORAGE_URI, "local": STORAGE_PATH, "dataset": URI, "campaign": NAME, "run": NAME, "cfg": the
     campaign's Config, "summary": what run_campaign returned}``.
 
     STORAGE holds ``bxu/`` (campaign: scratch/resnet18 x transpose/bilinear, 4 epochs, ASHA grace 1, so some trials
-    stop early; two trials at a time, each 1 CPU with its driver's share) and ``single/`` (a 2-epoch ``fit`` run); the local path is a byte copy of the S3 tree.
+    stop early; two trials at a time, each 1 CPU with its driver's share; logged live into the session's MLflow
+    server, experiment ``shared-live``) and ``single/`` (a 2-epoch ``fit`` run); the local path is a byte copy of the S3 tree.
     """
     import ray
 
@@ -357,7 +359,8 @@ def shared_campaign(isbi_small_dir: Path, s3_server: dict, ray_tmpdir: Path, tmp
     common = ("data.crop_size=64", "train.log_images=0", "train.num_to_keep=2")
     cfg = _small_config(dataset, root, *common, f"train.epochs={CAMPAIGN_EPOCHS}", f"tune.name={CAMPAIGN}",
                         "tune.grace_period=1", "tune.reduction_factor=2", "tune.num_samples=1",
-                        "tune.max_concurrent_trials=2", "resources.cpus_per_worker=0.45")
+                        "tune.max_concurrent_trials=2", "resources.cpus_per_worker=0.45",
+                        f"tracking.mlflow_uri={mlflow_server.uri}", "tracking.experiment=shared-live")
     cfg = cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"search_space": SPACE})})
     summary = run_campaign(cfg, progress=False)
     seam = tmp_path_factory.mktemp("seam")

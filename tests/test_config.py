@@ -48,13 +48,16 @@ def test_parse_overrides_types():
     [
         (["model.unpooling=bicubic"], "model.unpooling: unknown unpooling 'bicubic'; choose one of: transpose, bilinear"),
         (["model.colour=red"], "model.colour: unknown key; allowed keys: backbone,"),
-        (["nosuch.key=1"], "nosuch: unknown key; allowed keys: model, data, ingest, train, tune, storage, resources"),
+        (["nosuch.key=1"], "nosuch: unknown key; allowed keys: model, data, ingest, train, tune, storage, resources, tracking"),
         (["train.lr=-1"], "train.lr: invalid value -1: Input should be greater than 0"),
         (["model.depth=9"], "model.depth: invalid value 9: Input should be less than or equal to 6"),
         (["model.pooling=avg", "model.unpooling=maxunpool"], "'maxunpool' needs the pooling indices of max pooling"),
         (["ingest.split=[0.5, 0.2, 0.1]"], "ingest.split must be three non-negative ratios summing to 1"),
         (["resources.num_workers=3-1"], "resources.num_workers range must be 1 <= min <= max"),
         (["novalue"], "expected KEY=VALUE"),
+        (["tracking.mlflow_uri=https://me:pw@mlflow.example.com"],
+         "tracking.mlflow_uri: https://***@mlflow.example.com: a tracking URI must not hold credentials; set "
+         "MLFLOW_TRACKING_USERNAME"),
     ],
 )
 def test_errors_are_one_line_and_name_the_key(overrides, expected):

@@ -1,11 +1,19 @@
-"""MLflow mirrored from storage (`unet-dist collect STORAGE --mlflow URI`) against a real `mlflow server` on
-127.0.0.1 (SQLite store, local artifacts): the shared ASHA campaign and single run read back through MlflowClient,
-a second sync that logs nothing new, a server that is down, and credentials kept out of the URI."""
+"""MLflow against a real `mlflow server` on 127.0.0.1 (SQLite store, local artifacts), read back through
+MlflowClient: the shared ASHA campaign logged live as it trained (``tracking.mlflow_uri``), the same campaign and
+single run mirrored from storage (`unet-dist collect STORAGE --mlflow URI`), a second sync that logs nothing new, a
+server stopped in the middle of a run (training green, the backfill completes it), a server that is down, and
+credentials kept out of the URI."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,16 +31,11 @@ def _sync(capsys, storage: str, server: str, experiment: str, *extra: str) -> st
     return capsys.readouterr().err
 
 
-def test_a_campaign_and_a_run_read_back_through_mlflow(shared_campaign: dict, mlflow_server, capsys) -> None:
-    from mlflow.tracking import MlflowClient
-
-    storage = shared_campaign["local"]
-    said = _sync(capsys, storage, mlflow_server.uri, "backfill")
-    assert "6 MLflow runs (6 new, 0 updated)" in said, said  # the campaign, its 4 trials, the single run
-    client = MlflowClient(mlflow_server.uri)
-    exp = client.get_experiment_by_name("backfill")
+def _check_campaign(client: Any, experiment: str, campaign: CampaignDir) -> dict[str, Any]:
+    """The campaign as a parent run and its 4 trials nested under it, each with its params, status, metric history
+    and run.json as on storage; returns the experiment's runs by folder URI."""
+    exp = client.get_experiment_by_name(experiment)
     runs = {r.data.tags[TAG_URI]: r for r in client.search_runs([exp.experiment_id], max_results=100)}
-    campaign = CampaignDir(resolve(storage) / shared_campaign["campaign"])
     parent = runs[campaign.uri]
     assert parent.data.tags[TAG_KIND] == "campaign" and parent.info.status == "FINISHED"
     assert json.loads(parent.data.params["search_space"]) == campaign.read_record()["search_space"]
@@ -49,6 +52,18 @@ def test_a_campaign_and_a_run_read_back_through_mlflow(shared_campaign: dict, ml
             (row["epoch"], row["val_image_mean_iou"]) for row in trial.metrics()]
         local = client.download_artifacts(got.info.run_id, "run.json")
         assert json.loads(Path(local).read_text()) == record
+    return runs
+
+
+def test_a_campaign_and_a_run_read_back_through_mlflow(shared_campaign: dict, mlflow_server, capsys) -> None:
+    from mlflow.tracking import MlflowClient
+
+    storage = shared_campaign["local"]
+    said = _sync(capsys, storage, mlflow_server.uri, "backfill")
+    assert "6 MLflow runs (6 new, 0 updated)" in said, said  # the campaign, its 4 trials, the single run
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("backfill")
+    runs = _check_campaign(client, "backfill", CampaignDir(resolve(storage) / shared_campaign["campaign"]))
     single = runs[RunDir(resolve(storage) / shared_campaign["run"]).uri]
     assert PARENT_TAG not in single.data.tags and single.data.params["train.epochs"] == "2"
 
@@ -67,3 +82,83 @@ def test_a_server_that_is_down_is_one_line_and_credentials_stay_out_of_uris(shar
     assert main(["collect", shared_campaign["local"], "--mlflow", "http://alice:hunter2@127.0.0.1:5000", "--no-write"]) == 2
     err = capsys.readouterr().err
     assert "MLFLOW_TRACKING_USERNAME" in err and "hunter2" not in err and "alice" not in err
+
+
+def test_the_campaign_logged_itself_live(shared_campaign: dict, mlflow_server) -> None:
+    """The shared campaign ran with ``tracking.mlflow_uri``: each trial's rank 0 logged it as it trained, nested
+    under the campaign's run the driver opened first, and the driver closed them all."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = shared_campaign["cfg"]
+    assert cfg.tracking.mlflow_uri == mlflow_server.uri
+    campaign = CampaignDir(resolve(shared_campaign["s3"]) / shared_campaign["campaign"])
+    runs = _check_campaign(MlflowClient(mlflow_server.uri), cfg.tracking.experiment, campaign)
+    assert len(runs) == 5  # live logging created each run once
+
+
+def run_status(storage: str) -> str:
+    return RunDir(resolve(storage) / "outage").read_record()["status"]
+
+
+def _stop_server_after_first_epoch(pgid: int) -> Any:
+    """A recorder spec that stops the MLflow server (its process group) once rank 0 has logged the first epoch:
+    added after the MLflow recorder, so its ``after_report`` runs second."""
+    from unet_dist.train import WorkerRecorder
+
+    class StopServer(WorkerRecorder):
+        def __init__(self, ctx: Any) -> None:
+            self.epoch = None
+
+        def on_epoch_end(self, row: dict, shown: list, state: dict) -> None:
+            self.epoch = row["epoch"]
+
+        def after_report(self) -> None:
+            if self.epoch == 0:
+                os.killpg(pgid, signal.SIGKILL)
+
+    return StopServer
+
+
+@pytest.mark.ray
+def test_a_server_stopped_mid_run_leaves_training_green_and_the_backfill_completes_it(
+        small_config, ray_local, synthetic_dataset, tmp_path, mlflow_server, capsys, caplog) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from unet_dist.train import fit
+
+    experiment, storage = f"live-{uuid.uuid4().hex[:6]}", str(tmp_path / "runs")
+    cfg = small_config(synthetic_dataset, storage, "train.epochs=2", "train.name=outage", "train.log_images=0",
+                       "resources.num_workers=1",
+                       f"tracking.mlflow_uri={mlflow_server.uri}", f"tracking.experiment={experiment}")
+    try:
+        with caplog.at_level(logging.WARNING, logger="unet_dist.tracking"):
+            t0 = time.monotonic()
+            summary = fit(cfg, progress=False, recorders=[_stop_server_after_first_epoch(mlflow_server.proc.pid)])
+            took = time.monotonic() - t0
+        assert summary.epochs == 2 and run_status(storage) == "finished"
+        warned = [r.getMessage() for r in caplog.records if "did not answer" in r.getMessage()]
+        assert len(warned) == 1 and f"--mlflow {mlflow_server.uri}" in warned[0], warned  # once, with the way out
+        assert not mlflow_server.up()
+    finally:
+        if not mlflow_server.up():
+            mlflow_server.start()
+    client = MlflowClient(mlflow_server.uri)
+    run = RunDir(resolve(storage) / "outage")
+
+    def mirrored() -> Any:
+        exp = client.get_experiment_by_name(experiment)
+        found = client.search_runs([exp.experiment_id], max_results=10)
+        assert [r.data.tags[TAG_URI] for r in found] == [run.uri]  # one MLflow run, whatever logged it
+        return found[0]
+
+    got = mirrored()
+    assert got.info.status == "RUNNING" and got.data.tags["unet_dist.epochs"] == "0"  # epoch 0, then the outage
+    assert [m.step for m in client.get_metric_history(got.info.run_id, "val_loss")] == [0]
+
+    said = _sync(capsys, storage, mlflow_server.uri, experiment)
+    assert "1 MLflow runs (0 new, 1 updated)" in said, said
+    got = mirrored()
+    assert got.info.status == "FINISHED" and got.data.tags["unet_dist.status"] == "finished"
+    history = client.get_metric_history(got.info.run_id, "val_loss")
+    assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["val_loss"]) for r in run.metrics()]
+    print(f"run with the server killed after epoch 0: {took:.1f} s")

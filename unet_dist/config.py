@@ -1,4 +1,4 @@
-"""One typed schema for every run: model, data, ingest, train, tune, storage, resources.
+"""One typed schema for every run: model, data, ingest, train, tune, storage, resources, tracking.
 
 The CLI, YAML files and ``jobs/`` all build a :class:`Config` through :func:`load_config`,
 so defaults live here and nowhere else. Plain data with validation: imports no behaviour.
@@ -7,6 +7,7 @@ so defaults live here and nowhere else. Plain data with validation: imports no b
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal, Mapping, Sequence
 
 import yaml
@@ -296,6 +297,31 @@ class ResourcesConfig(_Section):
         return self
 
 
+def uri_without_credentials(uri: str, what: str) -> str:
+    """``uri``, refused when it holds a user or password (they would be written wherever the URI is)."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        raise ValueError(f"{what}: {parts.scheme}://***@{parts.hostname}: a tracking URI must not hold credentials; "
+                         "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
+    return uri
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking: each run and trial mirrored into MLflow as it trains (storage stays the record)."""
+
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (http://127.0.0.1:5000, databricks, a local "
+                                   "folder); null: no tracking. Rank 0 logs each epoch and the driver the run's end; a "
+                                   "server that is down costs one warning, never the run, and `unet-dist collect "
+                                   "STORAGE --mlflow URI` logs what it missed. Credentials come from "
+                                   "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, never the URI.")
+    experiment: str = Field("unet-dist", min_length=1, description="MLflow experiment (created when missing).")
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        return None if v is None else uri_without_credentials(v, "tracking.mlflow_uri")
+
+
 class Config(_Section):
     """Everything a run needs."""
 
@@ -306,6 +332,7 @@ class Config(_Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict without credentials, for checkpoints, metrics and reports."""

@@ -62,7 +62,9 @@ def quiet_ray_logs(verbose: bool = False) -> None:
         data_logger = logging.getLogger("ray.data")
         data_logger.setLevel(logging.DEBUG)  # Ray Data's own file handler keeps everything
         for handler in data_logger.handlers:
-            if type(handler).__name__ != "SessionFileHandler":
+            # Ray's own console handler only: a handler the application put on the root logger may be listed here
+            # too (seen in tests: pytest's capture handlers), and silencing it would hide every warning of ours
+            if type(handler).__module__.startswith("ray.") and type(handler).__name__ != "SessionFileHandler":
                 handler.setLevel(logging.ERROR)
 
 

@@ -2,6 +2,9 @@
 per-epoch metrics of ``metrics.jsonl``, status, ``run.json`` as an artifact), a campaign as a parent run with one
 nested run per trial.
 
+Live (:class:`Tracker`, ``tracking.mlflow_uri``): rank 0 mirrors its run after each epoch, the driver a campaign
+first and every run at its end, best effort (a server that is down costs one warning, never the run).
+
 Storage stays the record; MLflow is a view of it that can always be rebuilt. Mirroring is idempotent
 (:func:`unet_dist.collect.mirror.sync_storage` mirrors a whole storage):
 each MLflow run carries the URI of its folder (tag ``unet_dist.uri``) and how many epochs it holds
@@ -13,12 +16,15 @@ what it missed. Credentials never come from a URI or reach storage: MLflow reads
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
+from unet_dist.config import Config, uri_without_credentials
 from unet_dist.errors import ConfigError
 from unet_dist.runs import RUN_RECORD, CampaignDir, RunDir
 
@@ -29,17 +35,42 @@ PARENT_TAG = "mlflow.parentRunId"
 STATUS = {"running": "RUNNING", "finished": "FINISHED", "early_stopped": "FINISHED", "error": "FAILED",
           "failed": "FAILED", "invalid": "FAILED", "stopped": "KILLED"}
 """Run record status -> MLflow run status (the record's own status is also a tag, ``unet_dist.status``)."""
+log = logging.getLogger(__name__)
 BATCH = 1000
 """Metrics per ``log_batch`` call (MLflow's limit); params go 100 at a time."""
 
 
 def check_uri(uri: str) -> str:
     """The tracking URI, refused when it carries credentials (they would be written wherever the URI is)."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        raise ConfigError(f"--mlflow {parts.scheme}://***@{parts.hostname}: a tracking URI must not hold credentials; "
-                          "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
-    return uri
+    try:
+        return uri_without_credentials(uri, "--mlflow")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def require_client() -> None:
+    """MLflow's client, or a one-line error saying how to install it."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise ConfigError("MLflow tracking needs its client: pip install mlflow-skinny (or unet-dist[mlflow])") from None
+
+
+def probe(uri: str, timeout: float = 5.0) -> str | None:
+    """Why an HTTP tracking server is down (it does not answer ``/health``), or None: found in seconds, where MLflow's
+    client retries a dead server for minutes before it gives up."""
+    import urllib.error
+    import urllib.request
+
+    if urlsplit(uri).scheme not in ("http", "https"):
+        return None
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered: a server without /health (or behind a proxy) is the client's to judge
+    except OSError as err:
+        return str(getattr(err, "reason", err))
+    return None
 
 
 def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -88,14 +119,33 @@ class SyncResult:
 class Mirror:
     """One MLflow experiment mirrored from run folders (:meth:`run`, :meth:`campaign`)."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, index: bool = True) -> None:
+        """``index``: list the experiment's runs once (a whole storage's sync), else look each folder up as it comes
+        (live logging of one run)."""
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=check_uri(uri))
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.result = SyncResult(self.experiment_id)
-        self._known = {r.data.tags[TAG_URI]: r for r in self._all_runs() if TAG_URI in r.data.tags}
+        self._indexed = index
+        self._known = {r.data.tags[TAG_URI]: r for r in self._all_runs() if TAG_URI in r.data.tags} if index else {}
+        self._logged: dict[str, tuple[str, int]] = {}
+        """``{folder URI: (run id, epochs logged)}`` of what this mirror wrote."""
+
+    def find(self, uri: str) -> str | None:
+        """The id of the MLflow run mirroring the folder ``uri``, if there is one."""
+        if uri in self._logged:
+            return self._logged[uri][0]
+        known = self._lookup(uri)
+        return known.info.run_id if known is not None else None
+
+    def _lookup(self, uri: str) -> Any:
+        if self._indexed:
+            return self._known.get(uri)
+        quoted = uri.replace("\\", "\\\\").replace("'", "\\'")
+        found = self.client.search_runs([self.experiment_id], f"tags.`{TAG_URI}` = '{quoted}'", max_results=1)
+        return found[0] if found else None
 
     def _all_runs(self) -> Iterable[Any]:
         token = None
@@ -108,7 +158,9 @@ class Mirror:
 
     def _open(self, uri: str, name: str, tags: dict[str, str], start: str | None) -> tuple[str, int]:
         """The MLflow run mirroring ``uri`` (created with ``tags`` if new) and the epochs it already holds."""
-        known = self._known.get(uri)
+        if uri in self._logged:
+            return self._logged[uri]
+        known = self._lookup(uri)
         if known is not None:
             self.result.updated += 1
             return known.info.run_id, int(known.data.tags.get(TAG_EPOCHS, 0))
@@ -125,8 +177,10 @@ class Mirror:
         if not record:
             self.result.skipped.append((folder.uri, f"no readable {RUN_RECORD}"))
             return None
-        tags = {TAG_KIND: str(record.get("kind") or "train"), **({PARENT_TAG: parent} if parent else {})}
-        run_id, logged = self._open(folder.uri, name or str(record.get("name")), tags, record.get("started_at"))
+        parent_tag = {PARENT_TAG: parent} if parent else {}
+        tags = {TAG_KIND: str(record.get("kind") or "train"), **parent_tag}
+        run_id, logged = self._open(folder.uri, name or str(record.get("trial_id") or record.get("name")), tags,
+                                    record.get("started_at"))
         rows = folder.metrics()
         if logged < 0:  # new: params once (MLflow refuses a changed value)
             params = {**flat_params(record.get("config") or {}),
@@ -138,19 +192,23 @@ class Mirror:
         for i in range(0, len(new), BATCH):
             self.client.log_batch(run_id, metrics=[Metric(k, v, t, step) for k, v, step, t in new[i:i + BATCH]])
         self.result.metrics += len(new)
-        self._close(folder.uri, run_id, record, len(rows) - 1, RUN_RECORD)
+        # the parent again: a trial first logged while its campaign's run was missing is nested once it exists
+        self._close(folder.uri, run_id, record, len(rows) - 1, RUN_RECORD, parent_tag)
         return run_id
 
-    def _close(self, uri: str, run_id: str, record: dict[str, Any], epochs: int, artifact: str) -> None:
+    def _close(self, uri: str, run_id: str, record: dict[str, Any], epochs: int, artifact: str,
+               tags: dict[str, str] | None = None) -> None:
         """The record as an artifact, the epochs logged and the status as tags, the end when it has ended."""
         from mlflow.entities import RunTag
 
         status = str(record.get("status"))
         self.client.log_dict(run_id, record, artifact)
-        self.client.log_batch(run_id, tags=[RunTag(TAG_EPOCHS, str(epochs)), RunTag("unet_dist.status", status)])
+        tags = {TAG_EPOCHS: str(epochs), "unet_dist.status": status, **(tags or {})}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         if status != "running":
             self.client.set_terminated(run_id, STATUS.get(status, "FINISHED"), end_time=_millis(record.get("ended_at")))
         self.result.runs[uri] = run_id
+        self._logged[uri] = (run_id, epochs)
 
     def campaign(self, campaign: CampaignDir) -> str | None:
         """Mirror a campaign: a parent run (its record's config and search space) and each trial nested under it."""
@@ -194,3 +252,52 @@ def _scalars(row: dict[str, Any]) -> Iterable[tuple[str, float]]:
                         if isinstance(v, (int, float)) and not isinstance(v, bool))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             yield key, float(value)
+
+
+LIVE_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+"""A live log gives up on a server in seconds (MLflow's defaults retry for minutes); set either to override."""
+
+
+class Tracker:
+    """Live logging while a run trains: rank 0 after each epoch, the driver at a run's or campaign's start and end.
+
+    Best effort by design: a server that is down or refuses costs one warning, never the run, and what it missed the
+    next sync here or ``unet-dist collect STORAGE --mlflow URI`` logs (mirroring is idempotent)."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri, self.experiment = check_uri(uri), experiment
+        self.warned = False
+        self._mirror: Mirror | None = None
+        for key, value in LIVE_HTTP.items():
+            os.environ.setdefault(key, value)
+
+    @classmethod
+    def of(cls, cfg: Config) -> "Tracker | None":
+        """The tracker ``cfg.tracking`` asks for, or None."""
+        return cls(cfg.tracking.mlflow_uri, cfg.tracking.experiment) if cfg.tracking.mlflow_uri else None
+
+    def run(self, folder: RunDir) -> bool:
+        """Mirror a run or trial (a trial nested under its campaign's run); False if the server did not take it."""
+        campaign = folder.loc.parent.parent.uri if (folder.read_record() or {}).get("kind") == "trial" else None
+        return self._sync(lambda m: m.run(folder, parent=m.find(campaign) if campaign else None))
+
+    def campaign(self, campaign: CampaignDir) -> bool:
+        """Mirror a campaign's run and every trial under it; False if the server did not take it."""
+        return self._sync(lambda m: m.campaign(campaign))
+
+    def _sync(self, mirror: Callable[[Mirror], Any]) -> bool:
+        why = probe(self.uri, timeout=3.0)
+        if why is None:
+            try:
+                if self._mirror is None:
+                    self._mirror = Mirror(self.uri, self.experiment, index=False)
+                mirror(self._mirror)
+                return True
+            except Exception as err:  # whatever the server or client raised: the run goes on
+                self._mirror = None
+                why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        if not self.warned:
+            self.warned = True
+            log.warning("MLflow at %s did not answer (%s); training goes on, and `unet-dist collect STORAGE --mlflow "
+                        "%s` logs what it missed", self.uri, why, self.uri)
+        return False

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from unet_dist.collect.insight import EVALUATORS
+from unet_dist.config import TrackingConfig
 from unet_dist.cli.common import (add_command, campaign_filter, config_flags, console, err_console, print_wide, storage_config,
                                   storage_root, warn)
 
@@ -43,7 +44,9 @@ def add_parser(sub: Any) -> None:
                    help="also mirror every run and campaign into this MLflow tracking server (params, per-epoch "
                         "metrics, status, run.json; a campaign as a parent run with nested trials); a re-run logs only "
                         "what is new. Credentials: MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN")
-    p.add_argument("--experiment", default="unet-dist", metavar="NAME", help="MLflow experiment for --mlflow (default unet-dist)")
+    experiment = TrackingConfig.model_fields["experiment"].default
+    p.add_argument("--experiment", default=experiment, metavar="NAME",
+                   help=f"MLflow experiment for --mlflow (default {experiment}, as tracking.experiment)")
     p.add_argument("--out", metavar="PATH", help="file for --format csv/parquet (local path or s3://)")
     p.add_argument("--no-write", action="store_true", help="do not write the leaderboard and its index to storage")
     config_flags(p)

@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from unet_dist.collect.scan import find_runs, list_tree
 from unet_dist.errors import ConfigError, StorageError
 from unet_dist.runs import CampaignDir, RunDir
 from unet_dist.storage import resolve
-from unet_dist.tracking import Mirror, SyncResult, check_uri
-
-
-def _probe(uri: str, timeout: float = 5.0) -> None:
-    """An HTTP tracking server that does not answer ``/health`` fails in seconds (MLflow's client retries a dead
-    server for minutes before it gives up)."""
-    import urllib.error
-    import urllib.request
-
-    if urlsplit(uri).scheme not in ("http", "https"):
-        return
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # it answered: a server without /health (or behind a proxy) is the client's to judge
-    except OSError as err:
-        raise _down(uri, str(getattr(err, "reason", err))) from None
+from unet_dist.tracking import Mirror, SyncResult, check_uri, probe, require_client
 
 
 def _down(uri: str, why: str) -> StorageError:
@@ -38,11 +21,9 @@ def sync_storage(root: str, uri: str, experiment: str = "unet-dist", storage: An
     """Mirror every campaign and single run under the storage ``root`` into the MLflow experiment at ``uri``."""
     loc = resolve(root, storage)
     runs, _ = find_runs(list_tree(loc))
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        raise ConfigError("--mlflow needs the MLflow client: pip install mlflow-skinny (or unet-dist[mlflow])") from None
-    _probe(check_uri(uri))
+    require_client()
+    if why := probe(check_uri(uri)):
+        raise _down(uri, why)
     try:
         mirror = Mirror(uri, experiment)
         done = set()

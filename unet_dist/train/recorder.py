@@ -4,7 +4,7 @@ A recorder spec is any picklable object with ``create(ctx) -> WorkerRecorder | N
 ``create`` classmethod, or an instance); every worker builds its recorders from the specs in its loop config, so
 ``fit(cfg, recorders=[...])`` adds one without touching the loop. Every run has the run record
 (:class:`RunRecorder`: metrics, events, progress, run.json and the checkpoint folder), TensorBoard
-(:class:`TensorBoardRecorder`) and, in tests, the fault hook (:mod:`unet_dist.train.fault`). Hooks:
+(:class:`TensorBoardRecorder`), MLflow when tracking is on (:class:`MlflowRecorder`) and, in tests, the fault hook (:mod:`unet_dist.train.fault`). Hooks:
 :meth:`~WorkerRecorder.on_start`, :meth:`~WorkerRecorder.before_step`, :meth:`~WorkerRecorder.on_step`,
 :meth:`~WorkerRecorder.on_epoch_end`, :meth:`~WorkerRecorder.after_report`, :meth:`~WorkerRecorder.close`.
 """
@@ -194,6 +194,24 @@ class TensorBoardRecorder(WorkerRecorder):
         self._writer.close()
         upload_dir(self._tb_dir, self.dest, self._uploaded)
         shutil.rmtree(self._tb_dir, ignore_errors=True)
+
+
+class MlflowRecorder(WorkerRecorder):
+    """Rank 0, when ``tracking.mlflow_uri`` is set: the run (or trial, nested under its campaign) mirrored into MLflow
+    after each epoch's record is on storage (:class:`unet_dist.tracking.Tracker`: a server that is down costs one
+    warning in this worker's log, never the run; the driver's sync at the end logs what it missed)."""
+
+    @classmethod
+    def create(cls, ctx: WorkerContext) -> "WorkerRecorder | None":
+        return cls(ctx) if ctx.rank == 0 and ctx.cfg.tracking.mlflow_uri else None
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        from unet_dist.tracking import Tracker
+
+        self.run, self.tracker = ctx.run, Tracker.of(ctx.cfg)
+
+    def after_report(self) -> None:
+        self.tracker.run(self.run)
 
 
 def log_tensorboard(writer: Any, row: dict[str, Any], shown: list[torch.Tensor], epoch: int) -> None:

@@ -22,11 +22,12 @@ from unet_dist.errors import ConfigError, DataError, StorageError, UserError
 from unet_dist.runs import METRICS_FILE, TENSORBOARD_DIR, RunDir, Status, finish_record, new_record, start_record
 from unet_dist.session import GpuDecision, decide_gpu, ray_session
 from unet_dist.storage import Location, check_writable, public_config, ray_storage, resolve
+from unet_dist.tracking import Tracker, require_client
 from unet_dist.train import collectives
 from unet_dist.train.live import LiveView
 from unet_dist.train.fault import Fault
 from unet_dist.train.loop import train_loop_per_worker
-from unet_dist.train.recorder import RecorderSpec, RunRecorder, TensorBoardRecorder
+from unet_dist.train.recorder import MlflowRecorder, RecorderSpec, RunRecorder, TensorBoardRecorder
 
 
 class TrainingFailed(UserError):
@@ -118,6 +119,8 @@ def preflight(cfg: Config) -> dict[str, Any]:
     check_weights(cfg.model, cfg.storage)
     check_resume_from(cfg)
     check_writable(resolve(cfg.storage.uri, cfg.storage))
+    if cfg.tracking.mlflow_uri:
+        require_client()
     return manifest
 
 
@@ -148,10 +151,11 @@ def shared_datasets(cfg: Config, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_recorders(extra: Sequence[RecorderSpec] = ()) -> list[RecorderSpec]:
-    """The worker recorders of every run: the run record, TensorBoard, ``extra``, and the test-only fault hook when
-    ``UNET_DIST_FAULT`` is set here, on the driver (workers need not share its environment)."""
+    """The worker recorders of every run: the run record, TensorBoard, MLflow (when ``tracking.mlflow_uri`` is set),
+    ``extra``, and the test-only fault hook when ``UNET_DIST_FAULT`` is set here, on the driver (workers need not share
+    its environment)."""
     fault = Fault.from_env()
-    return [RunRecorder, TensorBoardRecorder, *extra, *([fault] if fault else [])]
+    return [RunRecorder, TensorBoardRecorder, MlflowRecorder, *extra, *([fault] if fault else [])]
 
 
 def loop_config(cfg: Config, run: Location, data: PreparedData, recorders: Sequence[RecorderSpec]) -> dict[str, Any]:
@@ -277,7 +281,11 @@ def fit(cfg: Config, *, callbacks: Sequence[Any] = (), recorders: Sequence[Recor
             console.print(f"[dim]{note}[/]", highlight=False, soft_wrap=True)
         trainer = build_trainer(cfg, run.loc, callbacks=callbacks, recorders=default_recorders(recorders), datasets=data, gpu=gpu)
         _start_record(run, cfg, name, manifest, gpu)
-        _run(trainer, run, cfg, name, console if progress else None)
+        try:
+            _run(trainer, run, cfg, name, console if progress else None)
+        finally:  # the run's end in MLflow, and whatever epochs rank 0 could not log
+            if tracker := Tracker.of(cfg):
+                tracker.run(run)
     return summarize(run, cfg, gpu.use_gpu, time.time() - t_start)
 
 

@@ -19,6 +19,7 @@ from unet_dist.errors import ConfigError, UserError
 from unet_dist.runs import (TUNE_STATE_DIR, CampaignDir, RunDir, finish_record, new_campaign_record, now_iso,
                             progress_fields, start_record)
 from unet_dist.storage import public_config, ray_storage, resolve
+from unet_dist.tracking import Tracker
 from unet_dist.live import LiveTable, metric_label
 from unet_dist.tune.schedulers import SCHEDULERS, SEARCHERS
 from unet_dist.tune.space import CheckedSpace, check_space
@@ -103,7 +104,14 @@ def run_campaign(cfg: Config, *, resume: bool = False, console: Any = None, prog
     for point in checked.skipped:
         console.print(f"[yellow]skipped impossible grid point[/] {point['params']}: {point['reason']}", highlight=False)
     start_record(campaign, new_campaign_record(cfg, cfg.tune.name, campaign.uri, cfg.tune.search_space, checked.skipped))
-    _tune(cfg, checked, campaign, searcher, manifest, resume, console if progress else None, verbose)
+    tracker = Tracker.of(cfg)
+    if tracker:
+        tracker.campaign(campaign)  # first, so that trials nest under the campaign's run as they log
+    try:
+        _tune(cfg, checked, campaign, searcher, manifest, resume, console if progress else None, verbose)
+    finally:  # the ends: statuses, and whatever the trials could not log
+        if tracker:
+            tracker.campaign(campaign)
     return summarize(campaign, cfg, time.time() - t0)
 
 

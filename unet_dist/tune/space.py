@@ -242,7 +242,7 @@ def _check_keys(base: Config, dims: list[Dim]) -> None:
         if section not in Config.model_fields or field not in getattr(cls, "model_fields", {}):
             allowed = ", ".join(Config.model_fields) if section not in Config.model_fields else ", ".join(cls.model_fields)
             raise ConfigError(f"tune.search_space.{d.key}: unknown key; allowed {'sections' if section not in Config.model_fields else 'keys'}: {allowed}")
-        if section in ("tune", "storage", "resources"):
+        if section in ("tune", "storage", "resources", "tracking"):
             raise ConfigError(f"tune.search_space.{d.key}: {section} settings are per campaign, not searched")
 
 
