@@ -191,6 +191,7 @@ class MlflowServer:
                "--backend-store-uri", f"sqlite:///{self.data / 'mlflow.db'}",
                "--artifacts-destination", str(self.data / "artifacts")]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner and huey consumers (6 processes) polling
         with open(self.data / "mlflow.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 90

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from unet_dist.cli import main
-from unet_dist.runs import CampaignDir, RunDir
+from unet_dist.runs import CampaignDir, RunDir, content_digest
 from unet_dist.storage import resolve
 from unet_dist.tracking import PARENT_TAG, TAG_KIND, TAG_URI, param_value
 
@@ -162,3 +162,41 @@ def test_a_server_stopped_mid_run_leaves_training_green_and_the_backfill_complet
     history = client.get_metric_history(got.info.run_id, "val_loss")
     assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["val_loss"]) for r in run.metrics()]
     print(f"run with the server killed after epoch 0: {took:.1f} s")
+
+
+def test_export_registers_each_model_as_a_version_and_the_champion_by_alias(shared_campaign: dict, mlflow_server,
+                                                                           s3_uri: str, tmp_path, capsys) -> None:
+    """``export --mlflow``: each exported model a version pointing at its folder in the store, its card as tags and
+    description, linked to the MLflow run its trial logged live; the champion under the alias; exporting again adds
+    no version; a local store is refused before anything is copied."""
+    from mlflow.tracking import MlflowClient
+
+    storage, store, name = shared_campaign["s3"], f"{s3_uri}/store", f"seg-{uuid.uuid4().hex[:6]}"
+    args = ["export", storage, store, "--top", "2", "--mlflow", mlflow_server.uri, "--registered-model", name,
+            "--experiment", shared_campaign["cfg"].tracking.experiment, "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(out["models"]) == 2 and sorted(out["mlflow"]["created"]) == sorted(m["name"] for m in out["models"])
+    client = MlflowClient(mlflow_server.uri)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2
+    champion = client.get_model_version_by_alias(name, "champion")
+    card = json.loads((resolve(store) / out["champion"] / "model.json").read_text())
+    assert champion.tags["unet_dist.model"] == out["champion"] and champion.source == f"{store}/{out['champion']}"
+    assert champion.tags["unet_dist.sha256"] == content_digest(card["files"])
+    assert champion.tags["unet_dist.value"] == param_value(card["monitor"]["value"])
+    assert {k: v for k, v in champion.tags.items() if k.startswith("searched.")} == {
+        f"searched.{k}": param_value(v) for k, v in card["params"].items()}
+    assert f"{card['monitor']['metric']} {card['monitor']['value']:.4f}" in champion.description
+    live = client.search_runs([client.get_experiment_by_name("shared-live").experiment_id],
+                              f"tags.`{TAG_URI}` = '{card['run']}'")
+    assert champion.run_id == live[0].info.run_id  # the trial's own MLflow run, logged as it trained
+
+    assert main(args) == 0  # again: nothing copied, no version added
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["mlflow"]["created"] == [] and again["mlflow"]["versions"] == out["mlflow"]["versions"]
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2
+
+    local = tmp_path / "local-store"
+    assert main(["export", storage, str(local), "--mlflow", mlflow_server.uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "local folder" in err and "s3://" in err and err.count("\n") == 0 and not local.exists()

@@ -315,6 +315,8 @@ class TrackingConfig(_Section):
                                    "STORAGE --mlflow URI` logs what it missed. Credentials come from "
                                    "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, never the URI.")
     experiment: str = Field("unet-dist", min_length=1, description="MLflow experiment (created when missing).")
+    registered_model: str = Field("unet-dist", min_length=1, description="Registered model `unet-dist export --mlflow` "
+                                  "adds the exported models to as versions (the champion under the alias champion).")
 
     @field_validator("mlflow_uri")
     @classmethod

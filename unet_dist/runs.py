@@ -25,6 +25,7 @@ but storage and config, so a collector reads runs without the training code (or 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -423,6 +424,13 @@ ALIAS_FILE = "alias.json"
 CHAMPION = "champion"
 """The alias ``unet-dist export`` points at its best model."""
 _MAX_ALIAS_HOPS = 4
+
+
+def content_digest(files: dict[str, dict[str, Any]]) -> str:
+    """One SHA-256 over an exported model's files (``{name: {"bytes", "sha256"}}``, as its card records them): what
+    the champion alias and a registered model version are keyed by."""
+    listed = sorted((name, f.get("bytes"), f.get("sha256")) for name, f in files.items())
+    return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
 
 
 def state_location(uri: str | Location, storage: StorageConfig | None = None) -> Location:

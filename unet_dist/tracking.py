@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from unet_dist.config import Config, uri_without_credentials
 from unet_dist.errors import ConfigError
-from unet_dist.runs import RUN_RECORD, CampaignDir, RunDir
+from unet_dist.runs import RUN_RECORD, CampaignDir, RunDir, content_digest
 
 TAG_URI = "unet_dist.uri"
 TAG_EPOCHS = "unet_dist.epochs"
@@ -301,3 +301,82 @@ class Tracker:
             log.warning("MLflow at %s did not answer (%s); training goes on, and `unet-dist collect STORAGE --mlflow "
                         "%s` logs what it missed", self.uri, why, self.uri)
         return False
+
+
+CHAMPION_ALIAS = "champion"
+
+
+@dataclass
+class Registered:
+    """What :func:`register_models` did: each exported model's version, which were new, the champion's."""
+
+    name: str
+    versions: dict[str, str] = field(default_factory=dict)
+    """``{exported model name: version}``."""
+    created: list[str] = field(default_factory=list)
+    champion: str | None = None
+
+    def summary(self) -> str:
+        return (f"MLflow registered model {self.name}: {len(self.versions)} versions ({len(self.created)} new), "
+                f"@{CHAMPION_ALIAS} -> version {self.champion}")
+
+
+def register_models(uri: str, registered: str, cards: list[dict[str, Any]], store_uri: str, champion: str | None,
+                    experiment: str) -> Registered:
+    """Every exported model (its ``model.json`` card, from a model store MLflow can reach) as a version of the
+    registered model ``registered``, the champion under the alias ``champion``. A version points at the exported
+    folder (nothing is copied into MLflow) and links the MLflow run of its training run where one mirrors it;
+    idempotent by the model's content digest, so exporting again adds no version."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=check_uri(uri), registry_uri=uri)
+    try:
+        client.get_registered_model(registered)
+    except MlflowException:
+        client.create_registered_model(registered, description="U-Net segmentation models exported by unet-dist")
+    known = {v.tags.get(TAG_DIGEST): v.version for v in client.search_model_versions(f"name = '{registered}'")}
+    mirror = Mirror(uri, experiment, index=False)
+    done = Registered(registered)
+    for card in cards:
+        digest = content_digest(card.get("files") or {})
+        version = known.get(digest)
+        if version is None:
+            version = client.create_model_version(
+                registered, f"{store_uri.rstrip('/')}/{card['name']}", run_id=mirror.find(str(card.get("run"))),
+                tags=version_tags(card), description=version_description(card)).version
+            done.created.append(card["name"])
+        done.versions[card["name"]] = str(version)
+    if champion in done.versions:
+        client.set_registered_model_alias(registered, CHAMPION_ALIAS, done.versions[champion])
+        done.champion = done.versions[champion]
+    return done
+
+
+TAG_DIGEST = "unet_dist.sha256"
+
+
+def version_tags(card: dict[str, Any]) -> dict[str, str]:
+    """A model card's searchable facts as model version tags: name, content digest, source, monitored metric,
+    epoch, dataset fingerprint and searched values."""
+    monitor = card.get("monitor") or {}
+    tags = {"unet_dist.model": card.get("name"), TAG_DIGEST: content_digest(card.get("files") or {}), "unet_dist.source": card.get("source"),
+            "unet_dist.run": card.get("run"), "unet_dist.metric": monitor.get("metric"),
+            "unet_dist.value": monitor.get("value"), "unet_dist.epoch": card.get("epoch"),
+            "unet_dist.dataset": (card.get("dataset") or {}).get("fingerprint"),
+            **{f"searched.{k}": v for k, v in (card.get("params") or {}).items()}}
+    return {k: param_value(v)[:5000] for k, v in tags.items() if v is not None}
+
+
+def version_description(card: dict[str, Any]) -> str:
+    """The model card in a few lines: what it scored, on what, where it came from."""
+    monitor = card.get("monitor") or {}
+    value = monitor.get("value")
+    searched = ", ".join(f"{k}={v}" for k, v in (card.get("params") or {}).items()) or "none"
+    return "\n".join([
+        f"{card.get('name')}: {monitor.get('metric')} {value:.4f} at epoch {card.get('epoch')}" if isinstance(
+            value, (int, float)) else f"{card.get('name')}: no {monitor.get('metric')} recorded",
+        f"searched: {searched}",
+        f"trained in {card.get('run')} ({card.get('status')}); dataset {(card.get('dataset') or {}).get('uri')}",
+        f"exported by {card.get('exported_by')}; the full card is model.json beside the weights",
+    ])

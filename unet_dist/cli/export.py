@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
+from dataclasses import asdict
 from typing import Any
+
+from unet_dist.config import TrackingConfig
 
 from unet_dist.cli.common import (add_command, campaign_filter, config_flags, console, emit, err_console, json_flag,
                                   print_wide, storage_config, storage_root, warn)
@@ -24,6 +28,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--top", type=int, default=1, metavar="K", help="export the best K runs/trials (default 1)")
     p.add_argument("--remove", action="append", metavar="NAME", help="remove the exported model DEST/NAME and its "
                    "pin in STORAGE/exports/ instead of exporting (gc keeps a pinned source until then; repeatable)")
+    p.add_argument("--mlflow", metavar="URI", help="also register the exported models in this MLflow server's Model "
+                   "Registry: each a version (its card as tags and description, linked to its training run's MLflow "
+                   "run), the champion under the alias champion; DEST must be s3:// (versions point at it)")
+    registered, experiment = (TrackingConfig.model_fields[k].default for k in ("registered_model", "experiment"))
+    p.add_argument("--registered-model", default=registered, metavar="NAME",
+                   help=f"registered model for --mlflow (default {registered}, as tracking.registered_model)")
+    p.add_argument("--experiment", default=experiment, metavar="NAME",
+                   help=f"MLflow experiment whose runs the versions link to (default {experiment}, as tracking.experiment)")
     campaign_filter(p)
     json_flag(p)
     config_flags(p)
@@ -36,18 +48,32 @@ def run(args: argparse.Namespace) -> int:
 
     if args.remove:
         return remove(args)
+    if args.mlflow:  # every check before a byte is copied
+        from unet_dist.collect.mirror import check_registry
+
+        check_registry(args.mlflow, args.dest, storage_config(args))
     with Progress(TextColumn("copying checkpoints"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=err_console, transient=True, disable=args.json) as bar:
         task = bar.add_task("copy", total=None)
         result = export(args.storage, args.dest, top=args.top, campaigns=args.campaign, storage=storage_config(args),
                         on_bytes=lambda done, total: bar.update(task, completed=done, total=total))
     warn(result.warnings)
+    registered = _register(args, result) if args.mlflow else None
     if args.json:
-        emit(result.to_json())
+        emit(json.dumps({**json.loads(result.to_json()), **({"mlflow": asdict(registered)} if registered else {})}))
         return 0
     print_wide(result.to_table())  # a pipe gets model names whole
     console.print(result.summary(), highlight=False, soft_wrap=True)
+    if registered:
+        console.print(registered.summary(), highlight=False, soft_wrap=True)
     return 0
+
+
+def _register(args: argparse.Namespace, result: Any) -> Any:
+    from unet_dist.collect.mirror import register_export
+
+    with err_console.status(f"registering in MLflow at {args.mlflow}") if not args.json else nullcontext():
+        return register_export(result, args.mlflow, args.registered_model, args.experiment, storage_config(args))
 
 
 def remove(args: argparse.Namespace) -> int:

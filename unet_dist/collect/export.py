@@ -40,7 +40,7 @@ from unet_dist.collect.leaderboard import Leaderboard, collect, sort_value
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
 from unet_dist.runs import (ALIAS_FILE, CAMPAIGN_RECORD, CHAMPION, MARKER_FILE, METRICS_FILE, MODEL_CARD, RUN_RECORD,
-                            MarkerError, RunDir, is_complete, is_finite, now_iso, parse_marker)
+                            MarkerError, RunDir, content_digest, is_complete, is_finite, now_iso, parse_marker)
 from unet_dist.storage import Location, check_writable, remove_tree, resolve
 
 PINS_DIR = "exports"
@@ -202,12 +202,6 @@ def _rankable(row: dict[str, Any], metric: str) -> bool:
     """A row whose ranked value is missing (ranked last) or finite: a diverged run (NaN) is never exported."""
     value = sort_value(row, metric)
     return value is None or is_finite(value)
-
-
-def content_digest(files: dict[str, dict[str, Any]]) -> str:
-    """One SHA-256 over a model's files (``{name: {"bytes", "sha256"}}``, as its card records them)."""
-    listed = sorted((name, f.get("bytes"), f.get("sha256")) for name, f in files.items())
-    return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
 
 
 def _crown(store: Location, best: dict[str, Any], board: Leaderboard) -> str:
