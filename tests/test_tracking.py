@@ -6,6 +6,7 @@ credentials kept out of the URI."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from unet_dist.cli import main
-from unet_dist.runs import CampaignDir, RunDir, content_digest
+from unet_dist.runs import CampaignDir, RunDir, content_digest, report_location
 from unet_dist.storage import resolve
 from unet_dist.tracking import PARENT_TAG, TAG_KIND, TAG_URI, param_value
 
@@ -161,6 +162,18 @@ def test_a_server_stopped_mid_run_leaves_training_green_and_the_backfill_complet
     assert got.info.status == "FINISHED" and got.data.tags["unet_dist.status"] == "finished"
     history = client.get_metric_history(got.info.run_id, "val_loss")
     assert sorted((m.step, m.value) for m in history) == [(r["epoch"], r["val_loss"]) for r in run.metrics()]
+
+    # the run's published report (where jobs/collect.py and make demo put it) goes along, again only when it changed
+    report = report_location(resolve(storage), run.loc)
+    uploads = []
+    for html in ("<html>first</html>", "<html>first</html>", "<html>second</html>"):
+        report.write_text(html)
+        _sync(capsys, storage, mlflow_server.uri, experiment)
+        assert Path(client.download_artifacts(got.info.run_id, "report.html")).read_text() == html
+        stored = next(mlflow_server.data.glob(f"artifacts/**/{got.info.run_id}/artifacts/report.html"))
+        uploads.append(stored.stat().st_mtime_ns)
+    assert uploads[0] == uploads[1] != uploads[2]  # the server's copy was written twice, not three times
+    assert client.get_run(got.info.run_id).data.tags["unet_dist.report_sha256"] == hashlib.sha256(b"<html>second</html>").hexdigest()
     print(f"run with the server killed after epoch 0: {took:.1f} s")
 
 

@@ -326,9 +326,11 @@ def new_record(cfg: Config, name: str, uri: str, dataset: dict[str, Any], **fiel
 
 
 def new_trial_record(cfg: Config, run: RunDir, campaign: str, trial_id: str, params: dict[str, Any],
-                     dataset: dict[str, Any]) -> dict[str, Any]:
-    """A trial's fresh run record: kind ``trial``, its campaign and its searched values."""
-    return new_record(cfg, trial_id, run.uri, dataset, kind="trial", campaign=campaign, trial_id=trial_id, params=params)
+                     dataset: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A trial's fresh run record: kind ``trial``, its campaign and its searched values (``fields``: the GPU
+    decision)."""
+    return new_record(cfg, trial_id, run.uri, dataset, kind="trial", campaign=campaign, trial_id=trial_id, params=params,
+                      **fields)
 
 
 KEPT_ON_RESUME = ("started_at", "epochs", "epochs_done", "train_time_s", "final_metrics")
@@ -424,6 +426,15 @@ ALIAS_FILE = "alias.json"
 CHAMPION = "champion"
 """The alias ``unet-dist export`` points at its best model."""
 _MAX_ALIAS_HOPS = 4
+
+
+REPORTS_DIR = "reports"
+"""``STORAGE/reports/<campaign or run>.html``: where ``collect``'s publish (jobs/collect.py, ``make demo``) renders."""
+
+
+def report_location(root: Location, folder: Location) -> Location:
+    """Where the report of the campaign or run at ``folder`` under the storage ``root`` is published."""
+    return root / REPORTS_DIR / f"{folder.name}.html"
 
 
 def content_digest(files: dict[str, dict[str, Any]]) -> str:

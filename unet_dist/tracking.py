@@ -1,6 +1,6 @@
 """Experiment tracking in MLflow, mirrored from storage: every run and campaign trial as an MLflow run (params, the
-per-epoch metrics of ``metrics.jsonl``, status, ``run.json`` as an artifact), a campaign as a parent run with one
-nested run per trial.
+per-epoch metrics of ``metrics.jsonl``, status, ``run.json`` and the published report as artifacts), a campaign as a
+parent run with one nested run per trial.
 
 Live (:class:`Tracker`, ``tracking.mlflow_uri``): rank 0 mirrors its run after each epoch, the driver a campaign
 first and every run at its end, best effort (a server that is down costs one warning, never the run).
@@ -15,6 +15,7 @@ what it missed. Credentials never come from a URI or reach storage: MLflow reads
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -27,10 +28,13 @@ from urllib.parse import urlsplit
 from unet_dist.config import Config, uri_without_credentials
 from unet_dist.errors import ConfigError
 from unet_dist.runs import RUN_RECORD, CampaignDir, RunDir, content_digest
+from unet_dist.storage import Location
 
 TAG_URI = "unet_dist.uri"
 TAG_EPOCHS = "unet_dist.epochs"
 TAG_KIND = "unet_dist.kind"
+TAG_REPORT = "unet_dist.report_sha256"
+REPORT_ARTIFACT = "report.html"
 PARENT_TAG = "mlflow.parentRunId"
 STATUS = {"running": "RUNNING", "finished": "FINISHED", "early_stopped": "FINISHED", "error": "FAILED",
           "failed": "FAILED", "invalid": "FAILED", "stopped": "KILLED"}
@@ -169,8 +173,10 @@ class Mirror:
         self.result.created += 1
         return run.info.run_id, -1
 
-    def run(self, folder: RunDir, parent: str | None = None, name: str | None = None) -> str | None:
-        """Mirror one run or trial folder; returns its MLflow run id (None when it has no readable record)."""
+    def run(self, folder: RunDir, parent: str | None = None, name: str | None = None,
+            report: Location | None = None) -> str | None:
+        """Mirror one run or trial folder (and its published ``report``, if there is one); returns its MLflow run id
+        (None when it has no readable record)."""
         from mlflow.entities import Metric, Param
 
         record = folder.read_record()
@@ -194,7 +200,18 @@ class Mirror:
         self.result.metrics += len(new)
         # the parent again: a trial first logged while its campaign's run was missing is nested once it exists
         self._close(folder.uri, run_id, record, len(rows) - 1, RUN_RECORD, parent_tag)
+        self._report(run_id, report)
         return run_id
+
+    def _report(self, run_id: str, report: Location | None) -> None:
+        """The published HTML report as the artifact ``report.html``, uploaded again only when it changed."""
+        if report is None or not report.exists():
+            return
+        html = report.read_bytes()
+        digest = hashlib.sha256(html).hexdigest()
+        if self.client.get_run(run_id).data.tags.get(TAG_REPORT) != digest:
+            self.client.log_text(run_id, html.decode(), REPORT_ARTIFACT)
+            self.client.set_tag(run_id, TAG_REPORT, digest)
 
     def _close(self, uri: str, run_id: str, record: dict[str, Any], epochs: int, artifact: str,
                tags: dict[str, str] | None = None) -> None:
@@ -210,8 +227,9 @@ class Mirror:
         self.result.runs[uri] = run_id
         self._logged[uri] = (run_id, epochs)
 
-    def campaign(self, campaign: CampaignDir) -> str | None:
-        """Mirror a campaign: a parent run (its record's config and search space) and each trial nested under it."""
+    def campaign(self, campaign: CampaignDir, report: Location | None = None) -> str | None:
+        """Mirror a campaign: a parent run (its record's config and search space, its published ``report``) and each
+        trial nested under it."""
         from mlflow.entities import Param
 
         record = campaign.read_record()
@@ -228,6 +246,7 @@ class Mirror:
         for trial_id, trial in campaign.trials().items():
             self.run(trial, parent=run_id, name=trial_id)
         self._close(campaign.uri, run_id, record, 0, "campaign.json")
+        self._report(run_id, report)
         return run_id
 
 

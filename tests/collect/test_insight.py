@@ -152,6 +152,15 @@ def test_anova_scores_a_key_that_does_nothing_near_zero() -> None:
     assert ins.groups(["x", None, [1, 2]]) == ["x", "-", "[1, 2]"]
 
 
+def test_the_pareto_plot_charges_gpu_hours_where_a_trial_held_a_gpu() -> None:
+    from unet_dist.collect.insight import Point
+    from unet_dist.collect.plots import pareto_cost
+
+    cpu = [Point("t0", {}, 0.5, "finished", 0.5, 30.0, 0.0), Point("t1", {}, 0.6, "finished", 0.6, 40.0, None)]
+    assert pareto_cost(cpu) == "wall_time_s"
+    assert pareto_cost(cpu + [Point("t2", {}, 0.7, "finished", 0.7, 20.0, 0.01)]) == "gpu_hours"
+
+
 def test_pareto_front_keeps_what_nothing_beats_on_both() -> None:
     costs, values = [10, 20, 30, 15, 40], [0.5, 0.7, 0.6, 0.4, 0.8]
     assert pareto_front(costs, values, "max") == [0, 1, 4]

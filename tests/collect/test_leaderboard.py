@@ -332,3 +332,19 @@ def test_the_default_table_is_readable_at_80_columns() -> None:
     wide.print(board.to_table(wide=True))
     wide_text = wide.export_text()
     assert "pixel_shuffle" in wide_text and "membrane" in wide_text and "Dice" in wide_text and "early_stopped" in wide_text
+
+
+@pytest.mark.parametrize(("use_gpu", "resources", "world", "hours"), [
+    (True, {"num_workers": 2, "gpus_per_worker": 1.0}, 2, 2.0),       # two GPUs held for an hour
+    (True, {"num_workers": 1, "gpus_per_worker": 0.25}, None, 0.25),  # a quarter GPU (trials packed on one)
+    (True, {"num_workers": [1, 4], "gpus_per_worker": 1.0}, 3, 3.0),  # elastic: the world size it ended with
+    (False, {"num_workers": 2, "gpus_per_worker": 1.0}, 2, 0.0),      # a CPU run holds none
+    (None, {"num_workers": 2}, 2, None),                              # an older record that does not say
+])
+def test_gpu_hours_are_the_gpus_held_over_the_wall_time(use_gpu, resources, world, hours) -> None:
+    from unet_dist.collect.leaderboard import run_row
+
+    record = {"status": "finished", "started_at": "2026-12-07T10:00:00+00:00", "ended_at": "2026-12-07T11:00:00+00:00",
+              "config": {"resources": resources}, "final_metrics": {"world_size": world} if world else {},
+              **({"use_gpu": use_gpu} if use_gpu is not None else {})}
+    assert run_row(record)["gpu_hours"] == hours

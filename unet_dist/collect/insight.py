@@ -75,6 +75,7 @@ class Point:
     status: str
     best_value: float
     wall_time_s: float | None
+    gpu_hours: float | None = None
 
 
 @dataclass
@@ -200,7 +201,7 @@ def compare_at(rows: Sequence[dict[str, Any]], hist: dict[str, list[tuple[float,
             continue
         value = better(v for e, v in hist[uri] if e <= epoch + EPS)
         points.append(Point(str(r.get("trial")), {k: r.get(k) for k in keys}, value, str(r.get("status")),
-                            better(v for _, v in hist[uri]), r.get("wall_time_s")))
+                            better(v for _, v in hist[uri]), r.get("wall_time_s"), r.get("gpu_hours")))
     return epoch, points, left
 
 
@@ -292,12 +293,19 @@ def optuna_importance(points: Sequence[Point], keys: Sequence[str], mode: str, k
     return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
 
 
+def log_scaled(values: Sequence[float]) -> bool:
+    """Whether a numeric key reads on a log scale (Optuna's distribution, the parallel-coordinates axis): all
+    positive and spanning 20x or more, as a learning rate searched loguniform does."""
+    lo, hi = min(values), max(values)
+    return lo > 0 and hi / lo >= 20
+
+
 def _distribution(optuna: Any, values: list[Any]) -> Any:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if is_binned(values):
         lo, hi = min(values), max(values)
-        log = lo > 0 and hi / lo >= 20
+        log = log_scaled(values)
         if all(isinstance(v, int) for v in values):
             return IntDistribution(int(lo), int(hi), log=log)
         return FloatDistribution(float(lo), float(hi), log=log)

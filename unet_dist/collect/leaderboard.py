@@ -40,10 +40,10 @@ HEAD = ("rank", "campaign", "trial", "kind", "status")
 _RANKED = ("val_iou", "val_mean_iou", "val_dice", "val_image_iou", "val_image_mean_iou")
 """Pooled IoU, mean IoU and Dice, and the per-image IoU and mean IoU (inference/metrics.py), at the best and last epoch."""
 METRIC_COLUMNS = ("metric", "mode", "best_value", "best_epoch", *(f"{w}_{m}" for w in ("best", "final") for m in _RANKED))
-TAIL = ("epochs", "epochs_planned", "train_time_s", "wall_time_s", "images_per_s", "dataset", "dataset_fingerprint",
+TAIL = ("epochs", "epochs_planned", "train_time_s", "wall_time_s", "gpu_hours", "images_per_s", "dataset", "dataset_fingerprint",
         "best_checkpoint", "run_uri", "started_at", "ended_at", "updated_at", "error", "problem")
 _NUMERIC = frozenset({"rank", "best_value", "best_epoch", *(f"{w}_{m}" for w in ("best", "final") for m in _RANKED),
-                      "epochs", "epochs_planned", "train_time_s", "wall_time_s", "images_per_s"})
+                      "epochs", "epochs_planned", "train_time_s", "wall_time_s", "gpu_hours", "images_per_s"})
 
 
 def run_row(record: dict[str, Any], campaign: str | None = None, *,
@@ -80,6 +80,7 @@ def run_row(record: dict[str, Any], campaign: str | None = None, *,
         "epochs_planned": record.get("epochs_planned"),
         "train_time_s": _num(record.get("train_time_s")),
         "wall_time_s": _wall_time(record),
+        "gpu_hours": _gpu_hours(record, final),
         "images_per_s": _num(final.get("images_per_s")),
         "dataset": dataset.get("uri"),
         "dataset_fingerprint": dataset.get("fingerprint"),
@@ -108,6 +109,19 @@ def _wall_time(record: dict[str, Any]) -> float | None:
     except (KeyError, TypeError, ValueError):
         return None
     return (end - start).total_seconds()
+
+
+def _gpu_hours(record: dict[str, Any], final: dict[str, Any]) -> float | None:
+    """GPUs held over the run's wall time, in hours (0 for a CPU run; None for a record that does not say)."""
+    wall = _wall_time(record)
+    if wall is None or "use_gpu" not in record:
+        return None
+    if not record["use_gpu"]:
+        return 0.0
+    resources = (record.get("config") or {}).get("resources") or {}
+    workers = final.get("world_size") or resources.get("num_workers") or 1
+    workers = max(workers) if isinstance(workers, (list, tuple)) else workers
+    return wall * float(workers) * float(resources.get("gpus_per_worker") or 1.0) / 3600.0
 
 
 def _first_line(text: Any) -> str | None:

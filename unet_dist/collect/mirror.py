@@ -9,7 +9,7 @@ from typing import Any
 from unet_dist.collect.export import ExportResult
 from unet_dist.collect.scan import find_runs, list_tree
 from unet_dist.errors import ConfigError, StorageError
-from unet_dist.runs import MODEL_CARD, CampaignDir, RunDir
+from unet_dist.runs import MODEL_CARD, CampaignDir, RunDir, report_location
 from unet_dist.storage import resolve
 from unet_dist.tracking import Mirror, Registered, SyncResult, check_uri, probe, register_models, require_client
 
@@ -35,10 +35,11 @@ def sync_storage(root: str, uri: str, experiment: str = "unet-dist", storage: An
             if campaigns and name not in campaigns or name in done:
                 continue
             done.add(name)
+            folder = loc / name
             if run.campaign:
-                mirror.campaign(CampaignDir(loc / run.campaign))
+                mirror.campaign(CampaignDir(folder), report=report_location(loc, folder))
             else:
-                mirror.run(RunDir(loc / run.key))
+                mirror.run(RunDir(folder), report=report_location(loc, folder))
     except ConfigError:
         raise
     except Exception as err:  # the server down or refusing: one line, storage untouched

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from unet_dist.collect.insight import log_scaled
 from unet_dist.runs import epochs_done
 
 CURVES = (("iou", "IoU"), ("loss", "loss"))
@@ -134,8 +135,7 @@ def _axis_positions(values: Sequence[Any]) -> tuple[list[float], list[float], li
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     if numeric and len(set(values)) > 1:
         lo, hi = min(values), max(values)
-        log = lo > 0 and hi / lo >= 20
-        f = (lambda v: math.log10(v)) if log else float
+        f = (lambda v: math.log10(v)) if log_scaled(values) else float
         span = f(hi) - f(lo)
         ticks = [lo, hi]
         return [(f(v) - f(lo)) / span for v in values], [0.0, 1.0], [f"{t:.3g}" for t in ticks]
@@ -212,13 +212,26 @@ def pareto_front(costs: Sequence[float], values: Sequence[float], mode: str) -> 
     return front
 
 
+COSTS = {"gpu_hours": ("GPU-hours", "GPU-hours of the trial (GPUs held x wall time)"),
+         "wall_time_s": ("wall time", "wall time of the trial (s)")}
+"""A trial's cost on the Pareto plot: ``{point field: (name, axis label)}``."""
+
+
+def pareto_cost(points: Sequence[Any]) -> str:
+    """What the Pareto plot charges a trial (a :data:`COSTS` key): GPU-hours where any trial held a GPU, else wall
+    time (CPU trials hold no GPU, and 0 GPU-hours for all would say nothing)."""
+    gpu = any(isinstance(p.gpu_hours, (int, float)) and p.gpu_hours > 0 for p in points)
+    return "gpu_hours" if gpu else "wall_time_s"
+
+
 def pareto_png(points: Sequence[Any], metric: str, mode: str) -> bytes:
-    """Every trial's best metric (over its whole run, early stops included) against its wall time; the Pareto front,
-    the trials nothing beats on both, joined and labelled."""
-    timed = [p for p in points if isinstance(p.wall_time_s, (int, float)) and math.isfinite(p.wall_time_s)]
+    """Every trial's best metric (over its whole run, early stops included) against its cost (:func:`pareto_cost`);
+    the Pareto front, the trials nothing beats on both, joined and labelled."""
+    key = pareto_cost(points)
+    timed = [p for p in points if isinstance(getattr(p, key), (int, float)) and math.isfinite(getattr(p, key))]
     fig = _figure(6.4, 3.8)
     ax = fig.subplots()
-    costs, values = [p.wall_time_s for p in timed], [p.best_value for p in timed]
+    costs, values = [getattr(p, key) for p in timed], [p.best_value for p in timed]
     front = pareto_front(costs, values, mode)
     ax.scatter(costs, values, s=22, color="#9aa5b1", label="trial")
     fx, fy = [costs[i] for i in front], [values[i] for i in front]
@@ -227,7 +240,7 @@ def pareto_png(points: Sequence[Any], metric: str, mode: str) -> bytes:
     for i in front:
         ax.annotate(str(timed[i].trial).rsplit("_", 1)[-1], (costs[i], values[i]), fontsize=7,
                     xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel("wall time of the trial (s)")
+    ax.set_xlabel(COSTS[key][1])
     ax.set_ylabel(f"best {metric}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right" if mode == "max" else "upper right")

@@ -15,9 +15,9 @@ from unet_dist.collect.export import ExportResult, export
 from unet_dist.collect.leaderboard import Leaderboard, collect
 from unet_dist.config import StorageConfig
 from unet_dist.errors import UserError
+from unet_dist.runs import report_location
 from unet_dist.storage import resolve
 
-REPORTS_DIR = "reports"
 
 
 @dataclass
@@ -61,7 +61,7 @@ def publish(root: str, *, storage: StorageConfig | None = None, export_to: str |
     subject = best_subject(board, root, storage) if report else None
     if not subject:
         return Published(board, exported, None, None, best_campaign_insight(board, root, storage))
-    out = report_to or (resolve(root, storage) / REPORTS_DIR / f"{resolve(subject, storage).name}.html").uri
+    out = report_to or report_location(resolve(root, storage), resolve(subject, storage)).uri
     page = write_report(subject, out, storage=storage, progress=progress)
     return Published(board, exported, out, subject, page.insight)  # the report's: its metrics are read once
 

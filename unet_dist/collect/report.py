@@ -359,8 +359,9 @@ def _insight_body(insight: Any, ident: str = "", figures: Sequence[str] = ("para
                                                                              insight.mode)),
              "effects": ("Effects: the mean metric of each value, its 95% bootstrap interval and trial count",
                          lambda: plots.effects_png(insight.keys, insight.metric, insight.mode)),
-             "pareto": ("Cost: each trial's best metric against its wall time; the Pareto front is the trials nothing "
-                        "beats on both", lambda: plots.pareto_png(insight.points, insight.metric, insight.mode))}
+             "pareto": (f"Cost: each trial's best metric against its {plots.COSTS[plots.pareto_cost(insight.points)][0]}; "
+                        "the Pareto front is the trials nothing beats on both",
+                        lambda: plots.pareto_png(insight.points, insight.metric, insight.mode))}
     return body + _table(table, f"importance{ident}") + "".join(
         f'<h3>{_e(caption.split(":")[0])}</h3><p class="hint">{_e(caption.split(": ", 1)[1])}.</p>'
         + _img(draw(), caption, image_id=f"{name}-plot{ident}") for name, (caption, draw) in drawn.items()

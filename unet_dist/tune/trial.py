@@ -45,7 +45,8 @@ def trial_main(config: dict[str, Any], *, base: Config, campaign_uri: str, manif
         run.write_record({**record, "status": "invalid", "error": str(err), "epochs_planned": 0})
         return
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"name": trial_id})})
-    start_record(run, new_trial_record(cfg, run, campaign.loc.name, trial_id, params, dataset))
+    start_record(run, new_trial_record(cfg, run, campaign.loc.name, trial_id, params, dataset, use_gpu=gpu.use_gpu,
+                                       gpu_reason=gpu.reason))
     data = prepare_data(cfg, manifest, datasets=datasets)
     trainer = build_trainer(cfg, run.loc, callbacks=[TuneReportCallback()], recorders=recorders, datasets=data, gpu=gpu)
     try:
