@@ -138,7 +138,8 @@ def test_a_server_stopped_mid_run_leaves_training_green_and_the_backfill_complet
             took = time.monotonic() - t0
         assert summary.epochs == 2 and run_status(storage) == "finished"
         warned = [r.getMessage() for r in caplog.records if "did not answer" in r.getMessage()]
-        assert len(warned) == 1 and f"--mlflow {mlflow_server.uri}" in warned[0], warned  # once, with the way out
+        way_out = f"collect {storage} --mlflow {mlflow_server.uri} --experiment {experiment}"
+        assert len(warned) == 1 and way_out in warned[0], warned  # once, with the command that completes it
         assert not mlflow_server.up()
     finally:
         if not mlflow_server.up():

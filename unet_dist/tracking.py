@@ -283,8 +283,8 @@ class Tracker:
     Best effort by design: a server that is down or refuses costs one warning, never the run, and what it missed the
     next sync here or ``unet-dist collect STORAGE --mlflow URI`` logs (mirroring is idempotent)."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
-        self.uri, self.experiment = check_uri(uri), experiment
+    def __init__(self, uri: str, experiment: str, storage: str = "STORAGE") -> None:
+        self.uri, self.experiment, self.storage = check_uri(uri), experiment, storage
         self.warned = False
         self._mirror: Mirror | None = None
         for key, value in LIVE_HTTP.items():
@@ -293,7 +293,8 @@ class Tracker:
     @classmethod
     def of(cls, cfg: Config) -> "Tracker | None":
         """The tracker ``cfg.tracking`` asks for, or None."""
-        return cls(cfg.tracking.mlflow_uri, cfg.tracking.experiment) if cfg.tracking.mlflow_uri else None
+        t = cfg.tracking
+        return cls(t.mlflow_uri, t.experiment, cfg.storage.uri) if t.mlflow_uri else None
 
     def run(self, folder: RunDir) -> bool:
         """Mirror a run or trial (a trial nested under its campaign's run); False if the server did not take it."""
@@ -317,8 +318,8 @@ class Tracker:
                 why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
         if not self.warned:
             self.warned = True
-            log.warning("MLflow at %s did not answer (%s); training goes on, and `unet-dist collect STORAGE --mlflow "
-                        "%s` logs what it missed", self.uri, why, self.uri)
+            log.warning("MLflow at %s did not answer (%s); training goes on, and `unet-dist collect %s --mlflow %s "
+                        "--experiment %s` logs what it missed", self.uri, why, self.storage, self.uri, self.experiment)
         return False
 
 
