@@ -4,6 +4,7 @@ A model store ``DEST/`` (local or ``s3://``) holds::
 
     <model>/state.pt          # the checkpoint's state file, byte for byte (never re-pickled) ...
     <model>/COMPLETE          # ... its marker (file sizes and SHA-256s, epoch), copied after it ...
+    <model>/model.safetensors # the model's weights alone (a third of state.pt, loadable without pickle) ...
     <model>/model.json        # ... and the card, written last: a folder without one is an export cut short
     champion/alias.json       # {"model": "<model>", ...}: the best model of the latest export
 
@@ -22,7 +23,8 @@ is moved or synced elsewhere. Every checkpoint reference (``evaluate``, ``predic
 
 Each export also pins its source in ``STORAGE/exports/`` so ``unet-dist gc`` never deletes an exported checkpoint;
 the pin lives until the model is removed on purpose (:func:`remove_export`, ``unet-dist export --remove NAME``).
-Ranking is the leaderboard's (:func:`unet_dist.collect.leaderboard.collect`); no Ray, no checkpoint is loaded.
+Ranking is the leaderboard's (:func:`unet_dist.collect.leaderboard.collect`); no Ray. The one checkpoint loaded is
+the copied state file, safely (``weights_only=True``), to write its weights as safetensors.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from unet_dist.collect.leaderboard import Leaderboard, collect, sort_value
 from unet_dist.config import StorageConfig
 from unet_dist.errors import StorageError, UserError
 from unet_dist.runs import (ALIAS_FILE, CAMPAIGN_RECORD, CHAMPION, MARKER_FILE, METRICS_FILE, MODEL_CARD, RUN_RECORD,
-                            MarkerError, RunDir, content_digest, is_complete, is_finite, now_iso, parse_marker)
+                            STATE_FILE, WEIGHTS_FILE, MarkerError, RunDir, content_digest, is_complete, is_finite,
+                            now_iso, parse_marker)
 from unet_dist.storage import Location, check_writable, remove_tree, resolve
 
 PINS_DIR = "exports"
@@ -244,7 +247,8 @@ def _plan(row: dict[str, Any], root: Location, store: Location) -> dict[str, Any
     if card is not None and card.get("source") == source.uri and is_complete(folder):
         if set(digests) != set(files):  # an older marker, without SHA-256s: hash the source
             digests = {n: _hash(source / n) for n in files}
-        unchanged = card.get("files") == {n: {"bytes": files[n], "sha256": digests[n]} for n in files}
+        unchanged = (card.get("files") == {n: {"bytes": files[n], "sha256": digests[n]} for n in files}
+                     and WEIGHTS_FILE in (card.get("weights") or {}))  # an older export gains its weights file
     return {"row": row, "name": name, "folder": folder, "source": source, "files": files,
             "sha256": marker["sha256"] or {}, "marker": marker_bytes, "bytes": sum(files.values()), "unchanged": unchanged}
 
@@ -269,7 +273,22 @@ def _write_model(plan: dict[str, Any], advance: Callable[[int], None]) -> None:
     if not is_complete(folder):
         raise StorageError(f"copy of {source.uri} to {folder.uri} does not match its {MARKER_FILE}: export again")
     card = model_card(plan, {n: {"bytes": plan["files"][n], "sha256": d} for n, d in digests.items()})
+    card["weights"] = _write_weights(folder)
     (folder / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+
+
+def _write_weights(folder: Location) -> dict[str, dict[str, Any]]:
+    """The model's weights alone as ``model.safetensors`` (no optimiser state, and no pickle to load: any tool reads
+    it with ``safetensors.torch.load_file``), from the state file just copied (loaded with ``weights_only=True``)."""
+    from safetensors.torch import save
+
+    from unet_dist.models.weights import safe_load
+
+    state = safe_load((folder / STATE_FILE).read_bytes())
+    tensors = {k: v.detach().contiguous().clone() for k, v in state["model"].items()}
+    data = save(tensors, metadata={"format": "pt", "source": STATE_FILE, "epoch": str(state.get("epoch"))})
+    (folder / WEIGHTS_FILE).write_bytes(data)
+    return {WEIGHTS_FILE: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "tensors": len(tensors)}}
 
 
 def _hash(loc: Location) -> str:
