@@ -420,9 +420,9 @@ class CheckpointError(UserError):
 
 
 MODEL_CARD = "model.json"
+"""An exported model folder's card (written last by ``unet-dist export``)."""
 WEIGHTS_FILE = "model.safetensors"
 """An exported model's weights alone, beside its state file: what other tools load, no pickle needed."""
-"""An exported model folder's card (written last by ``unet-dist export``)."""
 ALIAS_FILE = "alias.json"
 """A model-store alias folder's file: ``{"model": "<folder name beside the alias>"}``."""
 CHAMPION = "champion"

@@ -134,6 +134,7 @@ class Mirror:
         self.result = SyncResult(self.experiment_id)
         self._indexed = index
         self._known = {r.data.tags[TAG_URI]: r for r in self._all_runs() if TAG_URI in r.data.tags} if index else {}
+        """``{folder URI: MLflow run}`` as listed (``index``) or looked up (each found one once)."""
         self._logged: dict[str, tuple[str, int]] = {}
         """``{folder URI: (run id, epochs logged)}`` of what this mirror wrote."""
 
@@ -145,11 +146,12 @@ class Mirror:
         return known.info.run_id if known is not None else None
 
     def _lookup(self, uri: str) -> Any:
-        if self._indexed:
-            return self._known.get(uri)
-        quoted = uri.replace("\\", "\\\\").replace("'", "\\'")
-        found = self.client.search_runs([self.experiment_id], f"tags.`{TAG_URI}` = '{quoted}'", max_results=1)
-        return found[0] if found else None
+        if not self._indexed and uri not in self._known:
+            quoted = uri.replace("\\", "\\\\").replace("'", "\\'")
+            found = self.client.search_runs([self.experiment_id], f"tags.`{TAG_URI}` = '{quoted}'", max_results=1)
+            if found:  # a run not there yet (a campaign's, while its driver opens it) is asked for again
+                self._known[uri] = found[0]
+        return self._known.get(uri)
 
     def _all_runs(self) -> Iterable[Any]:
         token = None
@@ -176,13 +178,16 @@ class Mirror:
     def run(self, folder: RunDir, parent: str | None = None, name: str | None = None,
             report: Location | None = None) -> str | None:
         """Mirror one run or trial folder (and its published ``report``, if there is one); returns its MLflow run id
-        (None when it has no readable record)."""
+        (None when it has no readable record). A trial goes under ``parent``, else under its campaign's run where
+        that exists."""
         from mlflow.entities import Metric, Param
 
         record = folder.read_record()
         if not record:
             self.result.skipped.append((folder.uri, f"no readable {RUN_RECORD}"))
             return None
+        if parent is None and record.get("kind") == "trial":  # CAMPAIGN/trials/<trial id>
+            parent = self.find(folder.loc.parent.parent.uri)
         parent_tag = {PARENT_TAG: parent} if parent else {}
         tags = {TAG_KIND: str(record.get("kind") or "train"), **parent_tag}
         run_id, logged = self._open(folder.uri, name or str(record.get("trial_id") or record.get("name")), tags,
@@ -298,8 +303,7 @@ class Tracker:
 
     def run(self, folder: RunDir) -> bool:
         """Mirror a run or trial (a trial nested under its campaign's run); False if the server did not take it."""
-        campaign = folder.loc.parent.parent.uri if (folder.read_record() or {}).get("kind") == "trial" else None
-        return self._sync(lambda m: m.run(folder, parent=m.find(campaign) if campaign else None))
+        return self._sync(lambda m: m.run(folder))
 
     def campaign(self, campaign: CampaignDir) -> bool:
         """Mirror a campaign's run and every trial under it; False if the server did not take it."""
@@ -380,10 +384,10 @@ def version_tags(card: dict[str, Any]) -> dict[str, str]:
     """A model card's searchable facts as model version tags: name, content digest, source, monitored metric,
     epoch, dataset fingerprint and searched values."""
     monitor = card.get("monitor") or {}
-    tags = {"unet_dist.model": card.get("name"), TAG_DIGEST: content_digest(card.get("files") or {}), "unet_dist.source": card.get("source"),
-            "unet_dist.run": card.get("run"), "unet_dist.metric": monitor.get("metric"),
-            "unet_dist.value": monitor.get("value"), "unet_dist.epoch": card.get("epoch"),
-            "unet_dist.dataset": (card.get("dataset") or {}).get("fingerprint"),
+    tags = {"unet_dist.model": card.get("name"), TAG_DIGEST: content_digest(card.get("files") or {}),
+            "unet_dist.source": card.get("source"), "unet_dist.run": card.get("run"),
+            "unet_dist.metric": monitor.get("metric"), "unet_dist.value": monitor.get("value"),
+            "unet_dist.epoch": card.get("epoch"), "unet_dist.dataset": (card.get("dataset") or {}).get("fingerprint"),
             **{f"searched.{k}": v for k, v in (card.get("params") or {}).items()}}
     return {k: param_value(v)[:5000] for k, v in tags.items() if v is not None}
 

@@ -15,10 +15,9 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from typing import Any
 
-from unet_dist.config import TrackingConfig
-
 from unet_dist.cli.common import (add_command, campaign_filter, config_flags, console, emit, err_console, json_flag,
                                   print_wide, storage_config, storage_root, warn)
+from unet_dist.config import TrackingConfig
 
 
 def add_parser(sub: Any) -> None:

@@ -40,8 +40,8 @@ HEAD = ("rank", "campaign", "trial", "kind", "status")
 _RANKED = ("val_iou", "val_mean_iou", "val_dice", "val_image_iou", "val_image_mean_iou")
 """Pooled IoU, mean IoU and Dice, and the per-image IoU and mean IoU (inference/metrics.py), at the best and last epoch."""
 METRIC_COLUMNS = ("metric", "mode", "best_value", "best_epoch", *(f"{w}_{m}" for w in ("best", "final") for m in _RANKED))
-TAIL = ("epochs", "epochs_planned", "train_time_s", "wall_time_s", "gpu_hours", "images_per_s", "dataset", "dataset_fingerprint",
-        "best_checkpoint", "run_uri", "started_at", "ended_at", "updated_at", "error", "problem")
+TAIL = ("epochs", "epochs_planned", "train_time_s", "wall_time_s", "gpu_hours", "images_per_s", "dataset",
+        "dataset_fingerprint", "best_checkpoint", "run_uri", "started_at", "ended_at", "updated_at", "error", "problem")
 _NUMERIC = frozenset({"rank", "best_value", "best_epoch", *(f"{w}_{m}" for w in ("best", "final") for m in _RANKED),
                       "epochs", "epochs_planned", "train_time_s", "wall_time_s", "gpu_hours", "images_per_s"})
 

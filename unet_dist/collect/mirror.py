@@ -19,14 +19,19 @@ def _down(uri: str, why: str) -> StorageError:
                         "server is up")
 
 
+def _check_server(uri: str) -> None:
+    """The client installed, a URI without credentials, a server that answers: or one line, in seconds."""
+    require_client()
+    if why := probe(check_uri(uri)):
+        raise _down(uri, why)
+
+
 def sync_storage(root: str, uri: str, experiment: str = "unet-dist", storage: Any = None,
                  campaigns: list[str] | None = None) -> SyncResult:
     """Mirror every campaign and single run under the storage ``root`` into the MLflow experiment at ``uri``."""
     loc = resolve(root, storage)
     runs, _ = find_runs(list_tree(loc))
-    require_client()
-    if why := probe(check_uri(uri)):
-        raise _down(uri, why)
+    _check_server(uri)
     try:
         mirror = Mirror(uri, experiment)
         done = set()
@@ -50,12 +55,10 @@ def sync_storage(root: str, uri: str, experiment: str = "unet-dist", storage: An
 def check_registry(uri: str, dest: str, storage: Any = None) -> None:
     """Before ``export --mlflow`` copies anything: the client installed, a URI without credentials, a server that
     answers, and a model store MLflow's users can reach (a registered version points at its exported folder)."""
-    require_client()
     if not resolve(dest, storage).is_s3:
         raise ConfigError(f"export --mlflow: the model store {dest} is a local folder, which only this machine can "
                           "read, and MLflow refuses local model version sources; export to s3://BUCKET/PREFIX")
-    if why := probe(check_uri(uri)):
-        raise _down(uri, why)
+    _check_server(uri)
 
 
 def register_export(result: ExportResult, uri: str, registered: str, experiment: str, storage: Any = None) -> Registered:

@@ -4,7 +4,8 @@ A recorder spec is any picklable object with ``create(ctx) -> WorkerRecorder | N
 ``create`` classmethod, or an instance); every worker builds its recorders from the specs in its loop config, so
 ``fit(cfg, recorders=[...])`` adds one without touching the loop. Every run has the run record
 (:class:`RunRecorder`: metrics, events, progress, run.json and the checkpoint folder), TensorBoard
-(:class:`TensorBoardRecorder`), MLflow when tracking is on (:class:`MlflowRecorder`) and, in tests, the fault hook (:mod:`unet_dist.train.fault`). Hooks:
+(:class:`TensorBoardRecorder`), MLflow when tracking is on (:class:`MlflowRecorder`) and, in tests, the fault hook
+(:mod:`unet_dist.train.fault`). Hooks:
 :meth:`~WorkerRecorder.on_start`, :meth:`~WorkerRecorder.before_step`, :meth:`~WorkerRecorder.on_step`,
 :meth:`~WorkerRecorder.on_epoch_end`, :meth:`~WorkerRecorder.after_report`, :meth:`~WorkerRecorder.close`.
 """
