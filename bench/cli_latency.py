@@ -1,4 +1,5 @@
-"""How fast the CLI answers when it only reads a config: ``unet-dist config`` and a one-line config error.
+"""How fast the CLI answers when it only reads a config: ``unet-dist config`` and a one-line config error; and what
+every Ray Train worker pays to import its loop (``import unet_dist.train.loop``) before its first step.
 
 Each command runs in a fresh process (what a user waits for), median of N runs, side by side with the baseline
 the config path paid before it stopped importing torch: a process that imports torch and torchvision. Pass
@@ -25,6 +26,7 @@ COMMANDS = {
     "config": ["-m", "unet_dist", "config"],
     "config_error": ["-m", "unet_dist", "config", "--set", "model.backbone=resnet9"],
     "config_model": ["-m", "unet_dist", "config", "--set", "model.backbone=resnet34", "--set", "model.weights=DEFAULT"],
+    "worker_import": ["-c", "import unet_dist.train.loop"],
 }
 BASELINE = ["-c", "import torch, torchvision"]
 
